@@ -229,5 +229,9 @@ def _looks_like_text(head: bytes) -> bool:
 
 
 def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else exc.__class__.__name__
+    """decord's message without its timestamp and C++ source location."""
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return exc.__class__.__name__
+    text = re.sub(r"^\[[\d:]+\]\s*\S+:\d+:\s*", "", lines[0])
+    return text[:160]
