@@ -155,7 +155,8 @@ def _parse_body(body: str, full: str, offset: int) -> Region:
     if "frame" not in fields:
         fields["frame"] = 0
     if not {"box", "points", "mask"} & fields.keys():
-        raise RegionError(_point_at(full, offset, offset + len(body), "a region needs box=, points= or mask="))
+        lead = len(body) - len(body.lstrip())
+        raise RegionError(_point_at(full, offset + lead, offset + len(body.rstrip()), "a region needs box=, points= or mask="))
     points, labels = fields.pop("points", ((), ()))
     mask_ref = fields.pop("mask", None)
     return Region(points=points, labels=labels, mask_ref=mask_ref, **fields)

@@ -80,9 +80,8 @@ def validate_record(record: Any, *, file: str = "<memory>", index: int | str = 0
     Raises RecordError naming the file, the record and the field.
     """
     where = f"{file}, record {index}"
-    errors = sorted(_RECORD_VALIDATOR.iter_errors(record), key=lambda e: list(e.absolute_path))
-    if errors:
-        error = errors[0]
+    error = _first_error(_RECORD_VALIDATOR, record)
+    if error is not None:
         field = _field(error.absolute_path) or "(record)"
         raise RecordError(f"{where}, field {field}: {error.message}")
     turns = record["conversation"]
@@ -110,9 +109,8 @@ def validate_record(record: Any, *, file: str = "<memory>", index: int | str = 0
 
 
 def validate_mask_dict(masks: Any, *, file: str = "<memory>") -> dict:
-    errors = sorted(_MASK_VALIDATOR.iter_errors(masks), key=lambda e: list(e.absolute_path))
-    if errors:
-        error = errors[0]
+    error = _first_error(_MASK_VALIDATOR, masks)
+    if error is not None:
         path = list(error.absolute_path)
         mask_id = path[0] if path else "(dict)"
         raise RecordError(f"{file}, mask {mask_id}, field {_field(path[1:]) or '(mask list)'}: {error.message}")
@@ -132,6 +130,14 @@ def _check_mask_refs(record: Mapping, masks: Mapping, where: str) -> None:
             raise RecordError(
                 f"{where}, field {key}[{turn}]: mask {mask_id} has {len(masks[str(mask_id)])} frames, the record has {frames}"
             )
+
+
+def _first_error(validator, instance):
+    """The most specific error: inside anyOf/oneOf, the branch that got furthest."""
+    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
+    while error is not None and error.context:
+        error = jsonschema.exceptions.best_match(error.context)
+    return error
 
 
 def _field(path) -> str:

@@ -121,7 +121,8 @@ class Video:
         if seconds <= 0:
             raise ValueError("seconds must be positive")
         step = seconds * self.fps
-        return sorted({min(int(round(i * step)), self.num_frames - 1) for i in range(int(self.num_frames / step) + 1)})
+        count = math.ceil(self.num_frames / step - 1e-9)
+        return sorted({int(math.floor(i * step + 1e-9)) for i in range(count)})
 
     # ---- decoding ----------------------------------------------------------
     def frame(self, index: int) -> np.ndarray:
