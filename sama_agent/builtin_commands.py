@@ -4,4 +4,6 @@ from .hookspecs import hookimpl
 
 @hookimpl
 def register_commands(register):
-    pass
+    from .chat import chat_command
+
+    register(chat_command)
