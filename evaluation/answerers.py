@@ -1,0 +1,137 @@
+"""What the bench runner asks: an *answerer* holds a conversation about one
+video and answers each question with text, grounded phrases and mask tracks.
+
+    answerer.start(video, conversation_id)      # new conversation on this video
+    answerer.ask(question, regions) -> Answer   # question with one <mask> per region
+
+`Answer.tracks[i]` is the mask track of `Answer.phrases[i]` over the video's
+frames (frames a track does not cover count as empty). The runner depends
+only on this interface, so it runs before, and independently of, any model.
+
+Implementations:
+- `PredictorAnswerer` adapts the SAMA model's `SamaPredictor`
+  (`set_video(video)`, `ask(question, regions) -> TurnResult`).
+- `load_model_answerer(model_dir, segmenter)` builds one from a checkpoint,
+  with the segmenter looked up in the plugin registry, as chat and training do.
+- `GroundTruthReplayAnswerer` answers with the ground truth itself, optionally
+  corrupted per turn. It is an oracle for checking data sets and metric
+  plumbing (perfect answers must score 1), not a model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol, Sequence, runtime_checkable
+
+from sama_agent.conversation import grounded_phrases
+from sama_agent.errors import SamaError
+from sama_agent.masks import MaskTrack
+from sama_agent.regions import Region
+from sama_agent.video import Video
+
+
+@dataclass
+class Answer:
+    text: str
+    phrases: list[str] = field(default_factory=list)
+    tracks: list[MaskTrack] = field(default_factory=list)
+
+
+@runtime_checkable
+class Answerer(Protocol):
+    name: str
+
+    def start(self, video: Video, conversation_id: str) -> None:
+        """Begin a new conversation about `video` (earlier turns are forgotten)."""
+
+    def ask(self, question: str, regions: Sequence[Region]) -> Answer:
+        """Answer one turn; `question` holds one `<mask>` per region."""
+
+
+class PredictorAnswerer:
+    """The SAMA model's predictor behind the answerer interface."""
+
+    def __init__(self, predictor, name: str = "sama"):
+        for method in ("set_video", "ask"):
+            if not callable(getattr(predictor, method, None)):
+                raise TypeError(f"{type(predictor).__name__} has no {method}(); expected a SamaPredictor")
+        self.predictor = predictor
+        self.name = name
+
+    def start(self, video: Video, conversation_id: str) -> None:
+        self.predictor.set_video(video)
+        reset = getattr(self.predictor, "reset", None)
+        if callable(reset):
+            reset()
+
+    def ask(self, question: str, regions: Sequence[Region]) -> Answer:
+        result = self.predictor.ask(question, list(regions))
+        phrases = list(getattr(result, "phrases", None) or grounded_phrases(result.text))
+        return Answer(result.text, phrases, list(result.tracks))
+
+
+def load_model_answerer(model_dir: str | Path, segmenter: str | None = None, **segmenter_options) -> PredictorAnswerer:
+    """SamaModel.from_pretrained(model_dir) + an optional registered segmenter, wrapped as an answerer."""
+    try:
+        from sama_agent.model.modeling.sama import SamaModel
+        from sama_agent.model.predictor import SamaPredictor
+    except ImportError as exc:
+        raise SamaError(f"the SAMA model is not available in this installation ({exc}); benchmark another answerer") from None
+    from sama_agent.plugins import get_registry
+
+    model = SamaModel.from_pretrained(str(model_dir))
+    seg = get_registry().create("segmenter", segmenter, **segmenter_options) if segmenter else None
+    name = Path(model_dir).name + (f"+{segmenter}" if segmenter else "")
+    return PredictorAnswerer(SamaPredictor(model, segmenter=seg), name=name)
+
+
+# ---- oracle ------------------------------------------------------------------------
+Corruption = Callable[[str, int, Answer], Answer]
+
+
+class GroundTruthReplayAnswerer:
+    """Replays the ground-truth answers of a `BenchData` set; `corrupt(conversation, turn, answer)` may alter them
+    (`conversation` is the id without any "@turn").
+
+    Conversation ids are the runner's: "<record index>" for grounded chat,
+    "<record index>/<objN>" for region captions, "<record index>@<turn>" for
+    Ref-VOS (one conversation per expression).
+    """
+
+    name = "ground-truth-replay"
+
+    def __init__(self, data, corrupt: Corruption | None = None):
+        self.data = data
+        self.corrupt = corrupt
+        self._conversation: str | None = None
+        self._turn = 0
+
+    def start(self, video: Video, conversation_id: str) -> None:
+        conversation, _, first_turn = conversation_id.partition("@")
+        self._conversation, self._turn = conversation, int(first_turn or 0)
+
+    def ask(self, question: str, regions: Sequence[Region]) -> Answer:
+        if self._conversation is None:
+            raise RuntimeError("call start() before ask()")
+        index, _, obj = self._conversation.partition("/")
+        index, turn = int(index), self._turn
+        record = self.data.records[index]
+        if obj:
+            mask_id = self.data.object_mask_id(record, obj, index)
+            answer = Answer(record["description"][obj], [], [])
+            answer.tracks = [_track(self.data.mask_volume([mask_id], index, obj), obj)]
+        else:
+            text = record["conversation"][2 * turn + 1]["value"]
+            volumes = [self.data.mask_volume(ids, index, f"groundtruth[{turn}][{s}]") for s, ids in enumerate(record["groundtruth"][turn])]
+            phrases = (grounded_phrases(text) + [""] * len(volumes))[: len(volumes)]
+            answer = Answer(text, phrases, [_track(v, p) for v, p in zip(volumes, phrases)])
+        self._turn += 1
+        return self.corrupt(self._conversation, turn, answer) if self.corrupt else answer
+
+
+def _track(volume, label: str) -> MaskTrack:
+    track = MaskTrack(volume.shape[1], volume.shape[2], {}, label)
+    for frame, mask in enumerate(volume):
+        track.set(frame, mask)
+    return track
+

@@ -1,0 +1,100 @@
+"""`sama-agent bench`: run a benchmark suite, resumably and in shards, and merge the results."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import click
+
+from sama_agent.errors import SamaError
+
+from .data import SUITES, BenchData, BenchError
+
+
+def _load_judge(spec: str | None):
+    """`package.module:factory` -> ClairJudge(factory()), where factory returns a LangChain chat model."""
+    if not spec:
+        return None
+    from .judge import ClairJudge
+
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise BenchError(f"--judge '{spec}' must look like package.module:factory (a callable returning a LangChain chat model)")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise BenchError(f"--judge '{spec}' could not be loaded: {exc}") from None
+    return ClairJudge(factory() if callable(factory) else factory)
+
+
+@click.command("bench")
+@click.option("--suite", type=click.Choice(SUITES), required=True, help="Benchmark to run.")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Data folder: records.json, masks.json and the frame folders the records name.")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None, help="SAMA checkpoint folder (config.json + safetensors).")
+@click.option("--segmenter", default=None, help="Registered segmenter to use instead of the model's own (see `sama-agent plugins`).")
+@click.option("--answerer", type=click.Choice(["model", "oracle"]), default="model", show_default=True,
+              help="'oracle' replays the ground truth: a check of the data set and the metrics (it must score 1).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder [default: bench-results/<suite>].")
+@click.option("--shard", default="0/1", show_default=True, help="Run only shard i of n (i counts from 0); merge afterwards with --merge.")
+@click.option("--merge", "merge_only", is_flag=True, help="Only merge the per-video results in --out into summary.json / summary.md.")
+@click.option("--similarity", type=click.Choice(["auto", "minilm", "lexical"]), default="auto", show_default=True,
+              help="Phrase similarity for Bench-G recall; 'lexical' is a non-semantic fallback.")
+@click.option("--miou-normalizer", type=click.Choice(["max", "gt", "matched"]), default="max", show_default=True,
+              help="Turn mIoU denominator: max(#pred, #gt), #gt, or matched pairs only (SAMA-script convention).")
+@click.option("--judge", default=None, help="CLAIR judge: package.module:factory returning a LangChain chat model.")
+def bench(suite, data_dir, model_dir, segmenter, answerer, out_dir, shard, merge_only, similarity, miou_normalizer, judge):
+    """Score a model on SAMA-Bench-G, SAMA-Bench-C or a Ref-VOS set; one JSON per video plus a summary table."""
+    from .bench import BenchConfig, BenchRunner, merge, parse_shard
+
+    out_dir = out_dir or Path("bench-results") / suite
+    try:
+        data = BenchData(data_dir, suite)
+        if merge_only:
+            summary = merge(out_dir, data)
+            click.echo((out_dir / "summary.md").read_text())
+            return summary
+        shard_index, shard_count = parse_shard(shard)
+        runner = BenchRunner(
+            data,
+            _build_answerer(answerer, data, model_dir, segmenter),
+            out_dir,
+            config=BenchConfig(suite, miou_normalizer=miou_normalizer),
+            similarity=_similarity(suite, similarity),
+            judge=_load_judge(judge),
+        )
+
+        def progress(unit, result):
+            state = "ok" if result["status"] == "done" else f"FAILED: {result['error']}"
+            click.echo(f"{unit.key}: {state} ({result['elapsed_s']:.1f}s)", err=True)
+
+        report = runner.run((shard_index, shard_count), progress=progress)
+        click.echo(f"{len(report.done)} videos scored, {len(report.skipped)} already done, {len(report.failed)} failed", err=True)
+        if shard_count == 1:
+            merge(out_dir, data)
+            click.echo((out_dir / "summary.md").read_text())
+        else:
+            click.echo(f"shard {shard_index}/{shard_count} finished; when all shards are done run the same command with --merge", err=True)
+        if report.failed:
+            raise click.ClickException(f"{len(report.failed)} videos failed; see {out_dir}/videos/*.json. Re-running retries them.")
+    except SamaError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _build_answerer(kind: str, data: BenchData, model_dir, segmenter):
+    from .answerers import GroundTruthReplayAnswerer, load_model_answerer
+
+    if kind == "oracle":
+        return GroundTruthReplayAnswerer(data)
+    if model_dir is None:
+        raise BenchError("--model is required (a SAMA checkpoint folder), or pass --answerer oracle to check the data set")
+    return load_model_answerer(model_dir, segmenter)
+
+
+def _similarity(suite: str, kind: str):
+    if suite != "sama-bench-g":
+        return None
+    from .similarity import default_similarity
+
+    return default_similarity(kind)
