@@ -1,0 +1,149 @@
+"""SamaConfig: which plugins make up a SAMA model, their options, sizes and losses.
+
+Hugging Face style: a plain object with `to_dict` / `to_json_string` /
+`to_json_file` / `from_dict` / `from_json_file`. Parts are named by plugin
+name (`sama-agent plugins` lists them) and built through the plugin host, so a
+third-party encoder, aggregator, LLM or segmenter is configured exactly like a
+built-in one.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from sama_agent.errors import CheckpointError
+
+CONFIG_VERSION = 1
+
+
+@dataclass
+class SamaConfig:
+    """Everything needed to rebuild a SamaModel (weights aside).
+
+    Parameter names inside SamaModel start with `encoder.`, `aggregator.`,
+    `projector.`, `llm.`, `seg_head.` or `sam2.`; `freeze` lists name
+    prefixes whose parameters are not trained (e.g. "encoder", "llm.base",
+    "sam2.image_encoder.trunk").
+    """
+
+    model_type: str = "sama"
+    config_version: int = CONFIG_VERSION
+
+    encoder: str = "vit-tiny"
+    encoder_options: dict = field(default_factory=dict)
+    aggregator: str = "st-qformer"
+    aggregator_options: dict = field(default_factory=dict)
+    llm: str = "qwen2-tiny"
+    llm_options: dict = field(default_factory=dict)
+    # The model's own SAM2 (C1's Sam2Grounding): trained with the rest, used for
+    # decoding [SEG] prompts. `segmenter` is the plugin that propagates masks to
+    # every frame at inference ("sam2" wraps this same SAM2).
+    sam2_options: dict = field(default_factory=dict)
+    segmenter: str = "sam2"
+    segmenter_options: dict = field(default_factory=dict)
+    seg_head_options: dict = field(default_factory=dict)
+
+    # Frames: up to `num_context_frames` evenly sampled give one context token each;
+    # `num_key_frames` of them (evenly spaced) give pooled patch tokens and SAM2 masks.
+    num_context_frames: int = 8
+    num_key_frames: int = 2
+    key_frame_grid: int = 2  # key-frame patch tokens are pooled to grid x grid per frame
+
+    freeze: list = field(default_factory=list)
+
+    lm_loss_weight: float = 1.0
+    bce_loss_weight: float = 2.0
+    dice_loss_weight: float = 0.5
+    mask_points: int = 1024  # point-sampled mask loss: points per mask
+    mask_oversample: float = 3.0
+    mask_importance: float = 0.75
+
+    max_new_tokens: int = 48
+    # Inference: follow a user's region (given on one frame) to the context frames with
+    # the segmenter so its feature pools over every frame where it is visible.
+    region_propagation: bool = True
+
+    def __post_init__(self):
+        self.validate()
+
+    # ---- checks ----------------------------------------------------------------------
+    def validate(self) -> "SamaConfig":
+        problems = []
+        for name in ("encoder", "aggregator", "llm", "segmenter"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                problems.append(f"'{name}' must name a plugin (a non-empty string)")
+        for name in ("encoder_options", "aggregator_options", "llm_options", "sam2_options", "segmenter_options", "seg_head_options"):
+            if not isinstance(getattr(self, name), dict):
+                problems.append(f"'{name}' must be a JSON object")
+        if self.num_context_frames < 1:
+            problems.append("'num_context_frames' must be at least 1")
+        if not 1 <= self.num_key_frames <= self.num_context_frames:
+            problems.append("'num_key_frames' must be between 1 and num_context_frames")
+        if self.key_frame_grid < 1:
+            problems.append("'key_frame_grid' must be at least 1")
+        if not isinstance(self.freeze, list) or not all(isinstance(p, str) for p in self.freeze):
+            problems.append("'freeze' must be a list of parameter-name prefixes")
+        if self.mask_points < 1:
+            problems.append("'mask_points' must be at least 1")
+        if problems:
+            raise ValueError("invalid SAMA config: " + "; ".join(problems) + ".")
+        return self
+
+    # ---- (de)serialisation -----------------------------------------------------------
+    def to_dict(self) -> dict:
+        return copy.deepcopy(asdict(self))
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_json_string())
+        return path
+
+    # HF-style aliases
+    to_json = to_json_string
+
+    @classmethod
+    def from_dict(cls, data: dict, **overrides: Any) -> "SamaConfig":
+        if not isinstance(data, dict):
+            raise CheckpointError(f"a SAMA config must be a JSON object, got {type(data).__name__}.")
+        data = {**copy.deepcopy(data), **overrides}
+        data.pop("pretrained_sources", None)  # written by save_pretrained, checked by the model
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CheckpointError(
+                f"unknown SAMA config field(s): {', '.join(unknown)}. Known fields: {', '.join(sorted(known))}."
+            )
+        if data.get("model_type", "sama") != "sama":
+            raise CheckpointError(f"config model_type is '{data['model_type']}', expected 'sama'.")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(str(exc)) from None
+
+    @classmethod
+    def from_json_file(cls, path: str | Path, **overrides: Any) -> "SamaConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such config file.")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: not valid JSON ({exc}).") from None
+        return cls.from_dict(data, **overrides)
+
+    from_json = from_json_file
+
+    @classmethod
+    def from_named(cls, name: str, **overrides: Any) -> "SamaConfig":
+        """A config shipped in model/configs (e.g. "sama-tiny", "sama-smol")."""
+        path = Path(__file__).parent / "configs" / f"{name}.json"
+        if not path.is_file():
+            shipped = sorted(p.stem for p in path.parent.glob("*.json"))
+            raise CheckpointError(f"no shipped config named '{name}'; shipped configs: {', '.join(shipped)}.")
+        return cls.from_json_file(path, **overrides)

