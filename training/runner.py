@@ -76,6 +76,13 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return tensor.tolist()
 
 
+def sync_buffers(model: nn.Module, world_size: int) -> None:
+    """Every process takes rank 0's buffers (e.g. norm running statistics), as DDP does."""
+    if world_size > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
 def average_gradients(params: list[nn.Parameter], world_size: int) -> None:
     """Data-parallel gradient averaging in one all-reduce. A parameter with no gradient on some
     process counts as zero there; one with no gradient anywhere keeps none (AdamW skips it)."""
@@ -548,6 +555,7 @@ def train(config: TrainConfig, *, resume: bool = False, max_steps: int | None = 
             grad_norm = _clip(active_params, config.optim.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            sync_buffers(model, world_size)
             step += 1
 
             part_keys = sorted(parts_sum)
