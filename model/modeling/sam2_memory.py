@@ -24,7 +24,9 @@ class ObjectMemory:
     """Conditioning outputs plus a sliding window of recent tracked outputs."""
 
     def __init__(self, num_maskmem: int, max_obj_ptrs: int, temporal_stride: int = 1):
-        self.window = max((max(num_maskmem, 2) - 1) * max(temporal_stride, 1) + 1, max_obj_ptrs)
+        # the farthest frame the next step reads: memories up to (num_maskmem - 1) * stride
+        # back, object pointers up to max_obj_ptrs - 1 back
+        self.window = max((num_maskmem - 1) * max(temporal_stride, 1), max_obj_ptrs - 1, 1)
         self.cond: dict[int, dict] = {}
         self.recent: dict[int, dict] = {}
 
@@ -37,9 +39,10 @@ class ObjectMemory:
         return {"cond_frame_outputs": self.cond, "non_cond_frame_outputs": self.recent}
 
     def add(self, frame: int, output: dict) -> None:
-        """Remember a tracked frame and forget those out of reach of the frames to come."""
+        """Remember a tracked frame and forget those out of reach of the frames to come
+        (the next frame is one step farther from each of them)."""
         self.recent[frame] = output
-        for old in [t for t in self.recent if abs(t - frame) > self.window]:
+        for old in [t for t in self.recent if abs(t - frame) >= self.window]:
             del self.recent[old]
 
     def seeded(self, outputs: dict[int, dict]) -> "ObjectMemory":

@@ -60,13 +60,13 @@ class Propagation:
         module = self.grounding
         was_training = module.training
         module.eval()
+        module.last_stats = self.stats  # live while streaming, final afterwards
         try:
             self._condition()
             yield from self._forward()
             yield from self._backward()
         finally:
             module.train(was_training)
-            module.last_stats = dict(self.stats)
 
     def _condition(self) -> None:
         prompted = sorted({f for by_frame in self.prompts.values() for f in by_frame})
@@ -84,7 +84,7 @@ class Propagation:
                 if self.first[oid] > index:
                     continue
                 out = self._track(oid, index, features, reverse=False)
-                if index - self.first[oid] <= self.memory[oid].window and index not in self.memory[oid].cond:
+                if index - self.first[oid] < self.memory[oid].window and index not in self.memory[oid].cond:
                     self.seeds[oid][index] = out
                 if index in self.wanted:
                     masks[oid] = self._mask(out)
