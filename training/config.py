@@ -82,7 +82,10 @@ class PhaseConfig:
     train / freeze: parameter-name prefixes trained / held fixed in this phase (train null: all
         trainable parameters). Parameters the model itself freezes are never trained.
     lr_scale: multiplies optim.lr; warmup_steps: overrides optim.warmup_steps for this phase.
-    loss_weights: handed to the model with the phase (e.g. {"lm": 0.0} while pretraining masks).
+    loss_weights: the model's loss weights in this phase, e.g. {"lm": 0.0}: handed to the model's
+        `set_training_phase`, or else set as `model.config.<name>_loss_weight` (restored after the phase).
+    objectives: what the phase optimises, name -> weight (training/objectives.py): "model" (the
+        model's own loss, the default) and "segmenter_prompts" (SAM2 from box / point prompts).
     """
 
     name: str = "full"
@@ -94,6 +97,17 @@ class PhaseConfig:
     lr_scale: float = 1.0
     warmup_steps: int | None = None
     loss_weights: dict | None = None
+    objectives: dict | None = None
+
+    def __post_init__(self):
+        from .objectives import OBJECTIVES
+
+        self.objectives = dict(self.objectives or {"model": 1.0})
+        unknown = sorted(set(self.objectives) - set(OBJECTIVES))
+        if unknown:
+            raise ConfigError(f"phase '{self.name}': unknown objective(s) {', '.join(unknown)}; known: {', '.join(OBJECTIVES)}.")
+        if not any(self.objectives.values()):
+            raise ConfigError(f"phase '{self.name}': every objective has weight 0.")
 
 
 @dataclass

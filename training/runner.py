@@ -45,6 +45,7 @@ from torch import nn
 from ..errors import CheckpointError
 from .config import ConfigError, PhaseConfig, TrainConfig
 from .datasets import DatasetConfig, SamaDataset
+from .objectives import box_prompt_iou, combined_loss, has_segmenter
 
 logger = logging.getLogger("sama_agent.training")
 STATE_FILE = "trainer_state.json"
@@ -107,7 +108,7 @@ def build_model(config: TrainConfig) -> nn.Module:
     from ..model.configuration import SamaConfig
     from ..model.modeling.sama import SamaModel
 
-    spec = dict(config.model)
+    spec = _with_world_vocabulary(dict(config.model))
     if "from_pretrained" in spec:
         return SamaModel.from_pretrained(spec["from_pretrained"])
     if "named" in spec:
@@ -119,6 +120,21 @@ def build_model(config: TrainConfig) -> nn.Module:
     else:
         raise ConfigError("model: give 'named', 'config', 'config_file' or 'from_pretrained'.")
     return SamaModel(sama_config)
+
+
+def _with_world_vocabulary(spec: dict) -> dict:
+    """`"llm_options": {"vocab": "world"}` stands for every word the synthetic world can write,
+    so a word-level LLM's vocabulary never depends on which videos were generated."""
+    import copy
+
+    spec = copy.deepcopy(spec)
+    for options in (spec.get("config", {}).get("llm_options"), spec.get("overrides", {}).get("llm_options")):
+        if isinstance(options, dict) and options.get("vocab") == "world":
+            from ..model.modeling.llm import build_word_vocab
+            from .world.language import world_texts
+
+            options["vocab"] = build_word_vocab(world_texts())
+    return spec
 
 
 def _matches(name: str, prefixes) -> bool:
@@ -137,7 +153,26 @@ def apply_phase(model: nn.Module, trainable: dict[str, nn.Parameter], phase: Pha
         raise ConfigError(f"phase '{phase.name}' trains no parameter: check its train / freeze prefixes.")
     if hasattr(model, "set_training_phase"):
         model.set_training_phase(asdict(phase))
+    else:
+        _set_loss_weights(model, phase.loss_weights or {})
     return active
+
+
+def _set_loss_weights(model: nn.Module, weights: dict) -> None:
+    """Phase loss weights as `model.config.<name>_loss_weight`, the model's own values outside them."""
+    config = getattr(model, "config", None)
+    if config is None:
+        if weights:
+            raise ConfigError("phase loss_weights need a model with set_training_phase() or a config with *_loss_weight fields.")
+        return
+    defaults = model.__dict__.setdefault("_runner_loss_weights", {k: v for k, v in vars(config).items() if k.endswith("_loss_weight")})
+    for key, value in defaults.items():
+        setattr(config, key, value)
+    for name, value in weights.items():
+        key = name if name.endswith("_loss_weight") else f"{name}_loss_weight"
+        if key not in defaults:
+            raise ConfigError(f"loss weight '{name}' is not one of the model's: {', '.join(sorted(defaults))}.")
+        setattr(config, key, float(value))
 
 
 def loss_parts(output) -> dict[str, float]:
@@ -365,22 +400,43 @@ def _rng_untouched():
     random.setstate(python_state)
 
 
-def predicted_masks(output) -> list | None:
-    """Per turn, (S, T, H, W) mask logits the model predicted for its [SEG] tokens, if it reports them."""
-    for name in ("pred_masks", "seg_masks", "mask_logits"):
-        value = output.get(name) if isinstance(output, Mapping) else getattr(output, name, None)
-        if value is not None:
-            return list(value)
-    return None
+def predicted_masks(model: nn.Module, sample, output) -> list[tuple[np.ndarray, list[int]]] | None:
+    """Per turn: ((S, F, H, W) mask logits for the turn's [SEG] targets, the F frame positions they are on).
+
+    Read from `output.pred_masks` (per turn, (S, T, H, W) on every sampled frame) or, for SamaModel,
+    from `output.mask_logits` (per sample, (S_all, K, 1, h, w) on its key frames, teacher-forced)."""
+    import torch.nn.functional as F
+
+    height, width = sample.frames.shape[1:3]
+    everything = list(range(len(sample.frames)))
+    per_turn = getattr(output, "pred_masks", None)
+    if per_turn is not None:
+        return [(torch.as_tensor(p).float(), everything) for p in per_turn]
+    logits = getattr(output, "mask_logits", None)
+    if logits is None or not hasattr(model, "frame_positions"):
+        return None
+    context, keys = model.frame_positions(len(sample.frames))
+    positions = [context[k] for k in keys]
+    counts = [t.seg_masks.shape[0] for t in sample.turns]
+    stacked = logits[0] if logits and logits[0] is not None else torch.zeros(0, len(positions), 1, 1, 1)
+    stacked = stacked.reshape(-1, len(positions), *stacked.shape[-2:]).float()
+    if stacked.shape[0]:
+        stacked = F.interpolate(stacked, size=(height, width), mode="bilinear", align_corners=False)
+    turns, start = [], 0
+    for count in counts:
+        turns.append((stacked[start:start + count], positions))
+        start += count
+    return turns
 
 
 def evaluate(model: nn.Module, dataset: SamaDataset, max_samples: int, threshold: float, rank: int, world_size: int) -> dict:
-    """Held-out loss, and grounding IoU / J&F per [SEG] (overall and for "segment the ..." turns)."""
+    """Held-out loss; grounding IoU and J&F per [SEG] (all, and "segment the ..." turns alone) on the frames
+    the model predicts; and, for a model with a SAM2 segmenter, IoU from ground-truth box prompts."""
     import torch.nn.functional as F
 
     from ..evaluation.metrics import j_and_f, volume_iou
 
-    keys = ("loss", "samples", "iou", "jf", "segs", "jf_ground", "segs_ground")
+    keys = ("loss", "samples", "iou", "jf", "segs", "jf_ground", "segs_ground", "box_iou", "boxes")
     totals = dict.fromkeys(keys, 0.0)
     was_training = model.training
     model.eval()
@@ -390,20 +446,23 @@ def evaluate(model: nn.Module, dataset: SamaDataset, max_samples: int, threshold
             output = model(sample)
             totals["loss"] += float(output.loss.detach()) if output.loss is not None else 0.0
             totals["samples"] += 1
-            predictions = predicted_masks(output)
+            predictions = predicted_masks(model, sample, output)
+            if has_segmenter(model):
+                context, key_positions = model.frame_positions(len(sample.frames)) if hasattr(model, "frame_positions") else (list(range(len(sample.frames))), None)
+                frames = [context[k] for k in key_positions] if key_positions is not None else context
+                scores = box_prompt_iou(model, sample, frames)
+                totals["box_iou"] += sum(scores)
+                totals["boxes"] += len(scores)
             if predictions is None:
                 continue
             kinds = sample.meta.get("turn_kinds", [""] * len(sample.turns))
-            for turn, kind, predicted in zip(sample.turns, kinds, predictions + [None] * len(sample.turns)):
+            for turn, kind, (logits, positions) in zip(sample.turns, kinds, predictions):
                 for s in range(turn.seg_masks.shape[0]):
-                    truth = turn.seg_masks[s]
-                    if predicted is None or s >= len(predicted):
-                        guess = np.zeros_like(truth)
-                    else:
-                        logits = torch.as_tensor(predicted[s]).float()
-                        if tuple(logits.shape[-2:]) != truth.shape[-2:]:
-                            logits = F.interpolate(logits[:, None], size=truth.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-                        guess = (logits > threshold).numpy()
+                    truth = turn.seg_masks[s][positions]
+                    guess = logits[s]
+                    if tuple(guess.shape[-2:]) != truth.shape[-2:]:
+                        guess = F.interpolate(guess[:, None], size=truth.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+                    guess = (guess > threshold).numpy()
                     jf = j_and_f(guess, truth).mean_jf
                     totals["iou"] += volume_iou(guess, truth)
                     totals["jf"] += jf
@@ -418,6 +477,8 @@ def evaluate(model: nn.Module, dataset: SamaDataset, max_samples: int, threshold
         result.update(eval_iou=totals["iou"] / totals["segs"], eval_jf=totals["jf"] / totals["segs"], eval_segs=int(totals["segs"]))
     if totals["segs_ground"]:
         result["eval_jf_ground"] = totals["jf_ground"] / totals["segs_ground"]
+    if totals["boxes"]:
+        result["eval_box_iou"] = totals["box_iou"] / totals["boxes"]
     return result
 
 
@@ -542,12 +603,11 @@ def train(config: TrainConfig, *, resume: bool = False, max_steps: int | None = 
                                           config.optim.batch_size, world_size, rank, config.seed)
             loss_sum, parts_sum = 0.0, {}
             for index in indices:
-                output = model(dataset.sample(index, epoch))
-                loss = output.loss
+                loss, parts, output = combined_loss(model, dataset.sample(index, epoch), phase.objectives)
                 if loss is not None and loss.requires_grad:
                     (loss / config.optim.batch_size).backward()
                 loss_sum += float(loss.detach()) if loss is not None else 0.0
-                for key, value in loss_parts(output).items():
+                for key, value in {**(loss_parts(output) if output is not None else {}), **parts}.items():
                     parts_sum[key] = parts_sum.get(key, 0.0) + value
 
             # ---- average across processes, clip, step --------------------------------------

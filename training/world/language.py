@@ -240,3 +240,18 @@ def _sentence(subject: str, predicate: str) -> str:
 
 def _with_article(noun_phrase: str) -> str:
     return ("an " if noun_phrase[0] in "aeiou" else "a ") + noun_phrase
+
+
+def world_texts() -> list[str]:
+    """Every template and attribute phrase the generator can write: a word vocabulary built from
+    these (e.g. `build_word_vocab(world_texts())` for the word-level `qwen2-tiny`) covers every
+    question and answer of every split, whatever the seed."""
+    from .vocabulary import COLOURS, MOTIONS, SHAPES, TEXTURES
+
+    texts = list(REFER_QUESTIONS + IDENTIFY_QUESTIONS + REFER_TWO_QUESTIONS + GROUND_QUESTIONS + GROUND_MULTI_QUESTIONS
+                 + DESCRIBE_QUESTIONS + NEXT_QUESTIONS + ACTION_QUESTIONS + SEGMENT_IT_QUESTIONS)
+    texts += ["What colour is the object you just segmented?", "What colour is it?", "What shape is the object you just segmented?",
+              "What shape is it?", "Sure, <p>the</p> [SEG].", "It is a an the object objects.", "enters the frame and , then and leaves the frame",
+              " while , and that"]
+    texts += list(COLOURS) + list(SHAPES) + list(PLURALS.values()) + list(TEXTURES) + list(MOTIONS) + list(CONTINUING.values())
+    return [t.replace("{}", " ") for t in texts]

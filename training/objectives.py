@@ -1,0 +1,156 @@
+"""Training objectives a curriculum phase can mix (`phase.objectives`, name -> weight).
+
+    model              the model's own loss: `model(sample).loss` (LM + [SEG] mask losses for SamaModel)
+    segmenter_prompts  the model's SAM2 learns to segment from box and point prompts taken from the
+                       ground-truth masks (no LLM involved). On CPU a randomly initialised segmenter
+                       barely learns from [SEG] prompts alone (DESIGN.md section 8); learning masks from
+                       geometric prompts first gives its decoder and trunk something they can learn
+                       quickly, which [SEG] grounding then builds on.
+
+An objective returns (loss, {name: float} parts for the log, model output or None).
+Its randomness comes from torch's global generator, which checkpoints save and restore.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..conversation import ConversationSample
+
+OBJECTIVES = ("model", "segmenter_prompts")
+PROMPTS_PER_SAMPLE = 4
+BOX_JITTER = 0.1  # share of the box size each side may move
+
+
+def model_objective(model: nn.Module, sample: ConversationSample):
+    output = model(sample)
+    return output.loss, None, output
+
+
+def segmenter_prompt_objective(model: nn.Module, sample: ConversationSample, count: int = PROMPTS_PER_SAMPLE):
+    """SAM2 mask loss from prompts made from the truth: half boxes (jittered), half 1-3 positive points."""
+    from ..model.modeling.grounding_head import mask_losses
+
+    sam2 = _segmenter_of(model)
+    pairs = _visible_pairs(sample)
+    if not pairs:
+        return None, {}, None
+    chosen = [pairs[int(i)] for i in torch.randperm(len(pairs))[:count]]
+    frames_needed = sorted({frame for _, frame in chosen})
+    pixels = torch.from_numpy(np.ascontiguousarray(sample.frames[frames_needed])).permute(0, 3, 1, 2).float().div_(255)
+    features = sam2.encode_frames(pixels.to(next(model.parameters()).device))
+    height, width = sample.frames.shape[1:3]
+    masks = [torch.from_numpy(np.ascontiguousarray(volume[frame])) for volume, frame in chosen]
+    slots = [frames_needed.index(frame) for _, frame in chosen]
+    use_box = torch.rand(len(chosen)) < 0.5
+    logits, targets = [], []
+    for kind in (True, False):
+        members = [i for i in range(len(chosen)) if bool(use_box[i]) == kind]
+        if not members:
+            continue
+        selected = features.select([slots[i] for i in members])
+        if kind:
+            boxes = torch.stack([_jittered_box(masks[i], height, width) for i in members])
+            logits.append(sam2.decode_masks(selected, boxes=boxes, orig_hw=(height, width)))
+        else:
+            points, labels = _positive_points([masks[i] for i in members])
+            logits.append(sam2.decode_masks(selected, points=(points, labels), orig_hw=(height, width)))
+        targets += [masks[i] for i in members]
+    logits = torch.cat(logits)
+    targets = torch.stack(targets)[:, None].float()
+    config = getattr(model, "config", None)
+    points = getattr(config, "mask_points", 1024)
+    bce, dice = mask_losses(logits, targets, points, getattr(config, "mask_oversample", 3.0), getattr(config, "mask_importance", 0.75))
+    loss = getattr(config, "bce_loss_weight", 2.0) * bce + getattr(config, "dice_loss_weight", 0.5) * dice
+    return loss, {"prompt_bce_loss": float(bce.detach()), "prompt_dice_loss": float(dice.detach())}, None
+
+
+def combined_loss(model: nn.Module, sample: ConversationSample, weights: dict[str, float]):
+    """(weighted loss or None, parts, the model's output if the model objective ran)."""
+    total, parts, output = None, {}, None
+    for name, weight in weights.items():
+        if not weight:
+            continue
+        if name == "model":
+            loss, extra, output = model_objective(model, sample)
+        elif name == "segmenter_prompts":
+            loss, extra, _ = segmenter_prompt_objective(model, sample)
+        else:
+            raise ValueError(f"unknown objective '{name}'; known: {', '.join(OBJECTIVES)}")
+        parts.update(extra or {})
+        if loss is not None:
+            total = weight * loss if total is None else total + weight * loss
+    return total, parts, output
+
+
+@torch.no_grad()
+def box_prompt_iou(model: nn.Module, sample: ConversationSample, frames: list[int]) -> list[float]:
+    """IoU of the segmenter's masks from each [SEG] target's tight box, per target and frame where it is visible."""
+    sam2 = _segmenter_of(model)
+    height, width = sample.frames.shape[1:3]
+    pixels = torch.from_numpy(np.ascontiguousarray(sample.frames[frames])).permute(0, 3, 1, 2).float().div_(255)
+    features = sam2.encode_frames(pixels.to(next(model.parameters()).device))
+    scores = []
+    for turn in sample.turns:
+        for volume in turn.seg_masks:
+            slots = [i for i, f in enumerate(frames) if volume[f].any()]
+            if not slots:
+                continue
+            masks = [torch.from_numpy(np.ascontiguousarray(volume[frames[i]])) for i in slots]
+            boxes = torch.stack([_tight_box(m) for m in masks])
+            logits = sam2.decode_masks(features.select(slots), boxes=boxes, orig_hw=(height, width))
+            guess = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)[:, 0] > 0
+            for predicted, truth in zip(guess, masks):
+                union = (predicted | truth).sum().item()
+                scores.append((predicted & truth).sum().item() / union if union else 1.0)
+    return scores
+
+
+def has_segmenter(model: nn.Module) -> bool:
+    sam2 = getattr(model, "sam2", None)
+    return sam2 is not None and hasattr(sam2, "decode_masks") and hasattr(sam2, "encode_frames")
+
+
+def _segmenter_of(model: nn.Module):
+    if not has_segmenter(model):
+        raise ValueError("the segmenter_prompts objective needs a model with a `sam2` part offering encode_frames / decode_masks (SamaModel).")
+    return model.sam2
+
+
+def _visible_pairs(sample: ConversationSample) -> list[tuple[np.ndarray, int]]:
+    """(object volume, frame) for every ground-truth or region mask and frame where it shows, each object once."""
+    pairs, seen = [], set()
+    for turn in sample.turns:
+        for volume in list(turn.seg_masks) + list(turn.region_masks):
+            key = volume.tobytes().__hash__()
+            if key in seen:
+                continue
+            seen.add(key)
+            pairs += [(volume, frame) for frame in range(volume.shape[0]) if volume[frame].sum() >= 4]
+    return pairs
+
+
+def _tight_box(mask: torch.Tensor) -> torch.Tensor:
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    return torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
+
+
+def _jittered_box(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    box = _tight_box(mask)
+    size = torch.stack([box[2] - box[0], box[3] - box[1], box[2] - box[0], box[3] - box[1]])
+    box = box + (torch.rand(4) * 2 - 1) * BOX_JITTER * size
+    box = torch.stack([box[0].clamp(0, width - 1), box[1].clamp(0, height - 1), box[2].clamp(1, width), box[3].clamp(1, height)])
+    return torch.stack([box[0], box[1], torch.maximum(box[2], box[0] + 1), torch.maximum(box[3], box[1] + 1)])
+
+
+def _positive_points(masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-3 positive points inside each mask (the same count for the batch), as pixel (x, y) centres."""
+    count = int(torch.randint(1, 4, ()))
+    coords = []
+    for mask in masks:
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        picks = torch.randint(0, len(xs), (count,))
+        coords.append(torch.stack([xs[picks].float() + 0.5, ys[picks].float() + 0.5], dim=1))
+    return torch.stack(coords), torch.ones(len(masks), count, dtype=torch.int32)
