@@ -57,17 +57,22 @@ class PredictorAnswerer:
                 raise TypeError(f"{type(predictor).__name__} has no {method}(); expected a SamaPredictor")
         self.predictor = predictor
         self.name = name
+        self._encoded: tuple | None = None  # the video currently encoded, so its conversations reuse the encoding
 
     def start(self, video: Video, conversation_id: str) -> None:
-        self.predictor.set_video(video)
+        identity = (str(video.path), video.num_frames, video.height, video.width)
         reset = getattr(self.predictor, "reset", None)
-        if callable(reset):
+        if identity == self._encoded and callable(reset):
             reset()
+        else:
+            self.predictor.set_video(video)  # encodes the video and starts a new conversation
+            self._encoded = identity
 
     def ask(self, question: str, regions: Sequence[Region]) -> Answer:
         result = self.predictor.ask(question, list(regions))
-        phrases = list(getattr(result, "phrases", None) or grounded_phrases(result.text))
-        return Answer(result.text, phrases, list(result.tracks))
+        text = getattr(result, "raw", None) or result.text  # keep the <p>phrase</p> [SEG] markup
+        phrases = list(getattr(result, "phrases", None) or grounded_phrases(text))
+        return Answer(text, phrases, list(result.tracks))
 
 
 def load_model_answerer(model_dir: str | Path, segmenter: str | None = None, **segmenter_options) -> PredictorAnswerer:

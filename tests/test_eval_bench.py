@@ -350,3 +350,13 @@ def test_cli_oracle_run_and_merge(bench_dir, tmp_path):
     assert missing_model.exit_code != 0 and "--model is required" in missing_model.output
     bad = runner.invoke(bench, ["--suite", "sama-bench-g", "--data", str(tmp_path / "nowhere"), "--answerer", "oracle"])
     assert bad.exit_code != 0 and "no such data directory" in bad.output
+
+
+def test_caption_scorer_scores_empty_candidates_zero_and_reports_spice(captions):
+    scores = captions.score(["a dog runs across the field", ""], ["a dog runs across the field", ["the old man waves", "a man waving"]])
+    # item 0 exact (1), item 1 empty (0): ROUGE-L is the per-item mean; METEOR pools its statistics over the corpus
+    assert scores["ROUGE_L"] == pytest.approx(0.5)
+    assert 0.0 < scores["METEOR"] < 1.0 and scores["Bleu_1"] < 1.0
+    assert scores["SPICE"] is None and "stanford-corenlp" in captions.unavailable["SPICE"]
+    with pytest.raises(ValueError, match="2 candidates but 1 reference sets"):
+        captions.score(["a", "b"], ["a"])
