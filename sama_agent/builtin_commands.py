@@ -7,3 +7,7 @@ def register_commands(register):
     from .chat import chat_command
 
     register(chat_command)
+
+    from .evaluation.cli import bench
+
+    register(bench)
