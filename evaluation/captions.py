@@ -7,13 +7,15 @@ SPICE needs the Stanford CoreNLP 3.6.0 jars, which pycocoevalcap downloads on
 first use; offline they are absent, so SPICE is reported as unavailable
 (`None`, with the reason in `unavailable`), never as 0.
 
-METEOR starts a Java process that takes seconds to warm up, so one
-`CaptionScorer` is meant to be reused for a whole benchmark run; `close()`
-stops it.
+METEOR runs in a Java process that takes seconds to warm up; it is started
+on first use and shared by every `CaptionScorer` in the process (METEOR
+serialises its calls with a lock), and stopped at exit or by `stop_meteor()`.
 """
 from __future__ import annotations
 
+import atexit
 import shutil
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -56,7 +58,6 @@ class CaptionScorer:
 
         self._tokenizer = PTBTokenizer()
         self._bleu, self._rouge, self._cider = Bleu(4), Rouge(), Cider()
-        self._meteor = None
         self.spice_unavailable = spice_status() if spice else "SPICE was not requested"
 
     @property
@@ -89,11 +90,7 @@ class CaptionScorer:
         return scores
 
     def _meteor_scorer(self):
-        if self._meteor is None:
-            from pycocoevalcap.meteor.meteor import Meteor
-
-            self._meteor = Meteor()
-        return self._meteor
+        return shared_meteor()
 
     def _spice(self, gts_tok, res_tok) -> float | None:
         if self.spice_unavailable:
@@ -107,19 +104,42 @@ class CaptionScorer:
             return None
 
     def close(self) -> None:
-        if self._meteor is not None:
-            process = self._meteor.meteor_p
-            process.stdin.close()
-            process.kill()
-            process.wait()
-            self._meteor.meteor_p = _Closed()
-            self._meteor = None
+        """Nothing to release per scorer; the shared METEOR process stops at exit (or `stop_meteor()`)."""
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+_meteor = None
+_meteor_lock = threading.Lock()
+
+
+def shared_meteor():
+    """The process-wide METEOR scorer, (re)started when needed."""
+    global _meteor
+    with _meteor_lock:
+        if _meteor is None or _meteor.meteor_p.poll() is not None:
+            from pycocoevalcap.meteor.meteor import Meteor
+
+            _meteor = Meteor()
+        return _meteor
+
+
+@atexit.register
+def stop_meteor() -> None:
+    global _meteor
+    with _meteor_lock:
+        if _meteor is None:
+            return
+        process = _meteor.meteor_p
+        process.stdin.close()
+        process.kill()
+        process.wait()
+        _meteor.meteor_p = _Closed()  # its __del__ then has nothing left to stop
+        _meteor = None
 
 
 class _Closed:

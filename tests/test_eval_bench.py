@@ -335,6 +335,27 @@ def test_mask_of_wrong_size_in_the_mask_dict_and_empty_region(tmp_path, captions
         data.mask_volume([1], 0, "groundtruth[0][0]")
 
 
+def test_bench_is_a_registered_sama_agent_command():
+    from sama_agent.cli import build_cli
+
+    assert build_cli().commands["bench"] is bench
+
+
+def test_judge_option_loads_a_chat_model_factory(bench_dir, tmp_path, monkeypatch):
+    (tmp_path / "my_judge.py").write_text(
+        "from langchain_core.language_models.fake_chat_models import FakeListChatModel\n"
+        "def make():\n    return FakeListChatModel(responses=['{\"score\": 60}'])\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    args = ["--suite", "sama-bench-c", "--data", str(bench_dir), "--answerer", "oracle", "--out", str(out), "--judge", "my_judge:make"]
+    result = CliRunner().invoke(bench, args)
+    assert result.exit_code == 0, result.output
+    assert "| CLAIR | 0.6000 |" in result.output and "| ROUGE_L | 1.0000 |" in result.output
+    bad = CliRunner().invoke(bench, args[:-1] + ["my_judge"])
+    assert bad.exit_code != 0 and "package.module:factory" in bad.output
+
+
 def test_cli_oracle_run_and_merge(bench_dir, tmp_path):
     out = tmp_path / "cli-out"
     runner = CliRunner()
