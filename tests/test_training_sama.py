@@ -72,3 +72,25 @@ def test_sama_model_trains_evaluates_saves_and_resumes_exactly(world, tmp_path):
     expected, got = step_losses(straight), step_losses(resumed)
     assert sorted(got) == [1, 2, 3, 4]
     assert np.allclose([got[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)], rtol=0, atol=1e-5)
+
+
+def test_train_command_runs_the_smoke_config_from_scratch(tmp_path, monkeypatch):
+    """`sama-agent train --config training/configs/smoke.json`: generates its world, trains, evaluates, checkpoints."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from sama_agent.training.cli import train_command
+
+    smoke = Path(__file__).parents[1] / "training" / "configs" / "smoke.json"
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(train_command, ["--config", str(smoke), "--max-steps", "3", "--out", "runs/smoke", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["finished"] and summary["step"] == 3
+    assert (tmp_path / "data" / "world-smoke" / "train.json").exists()
+    assert (tmp_path / "runs" / "smoke" / "final" / "config.json").exists()
+    again = CliRunner().invoke(train_command, ["--config", str(smoke), "--max-steps", "3", "--out", "runs/smoke"])
+    assert again.exit_code != 0 and "--resume" in again.output
+    missing = CliRunner().invoke(train_command, ["--config", "nope.json"])
+    assert missing.exit_code != 0 and "no such training config" in missing.output
