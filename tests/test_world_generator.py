@@ -180,3 +180,34 @@ def test_jpeg_frames_and_an_mp4_sample_read_back(tmp_path):
     # the MP4 is lossy but shows the same scene: the first frame is close to the exact render
     exact = render(VideoSpec.from_json(saved["spec"])).frames[0].astype(int)
     assert np.abs(mp4.frame(0).astype(int) - exact).mean() < 12
+
+
+def test_scoring_accepts_the_reference_answers_and_catches_wrong_ones(world):
+    from sama_agent.training.world import check_answer, score_records
+
+    records = _load(world, "train")[0] + _load(world, "heldout")[0]
+    truth = {h["question_id"]: a["value"] for r in records for h, a in zip(r["conversation"][0::2], r["conversation"][1::2])}
+    scores = score_records(records, truth)
+    assert scores["referring"]["total"] > 0 and scores["followup"]["total"] > 0
+    assert all(group["accuracy"] == 1.0 for group in scores.values() if group["total"])
+    assert score_records(records, {})["referring"]["accuracy"] == 0.0
+
+    turn = {"kind": "refer", "expect": {"colour": "red", "shape": "disc", "texture": "flat", "motions": ["moves left", "stays still"]}}
+    assert check_answer("The red disc moves left, then stays still.", turn).correct
+    assert not check_answer("The red disc moves left.", turn).correct  # the second motion is missing
+    wrong = check_answer("The red or blue disc moves left, then stays still.", turn)
+    assert not wrong.correct and wrong.colour is False and wrong.shape is True
+    follow = {"kind": "followup_next", "expect": {"colour": "red", "shape": "disc", "texture": "flat", "motions": ["bounces"]}}
+    assert check_answer("It keeps bouncing.", follow).correct and not check_answer("It moves up.", follow).correct
+    ground = {"kind": "ground", "expect": {"colour": "blue", "shape": "star", "texture": "dotted", "motions": ["bounces"]}}
+    assert check_answer("Sure, <p>the blue dotted star</p> [SEG].", ground).correct
+    assert not check_answer("Sure, the blue dotted star.", ground).correct
+
+
+def test_world_texts_cover_every_word_the_generator_writes(world):
+    from sama_agent.model.modeling.llm import build_word_vocab, words_of
+    from sama_agent.training.world import world_texts
+
+    vocabulary = set(build_word_vocab(world_texts()))
+    written = {w for split in ("train", "val", "heldout") for r in _load(world, split)[0] for t in r["conversation"] for w in words_of(t["value"])}
+    assert written and written <= vocabulary, written - vocabulary

@@ -7,7 +7,8 @@ or `python -m sama_agent.training.world data/world --videos 100 --split train`.
 See generator.py for the layout, vocabulary.py for the held-out rule.
 """
 from .generator import GENERATOR_VERSION, SPLIT_CODES, WorldSettings, generate_world, load_spec, make_video, render_video_mp4, write_mp4
-from .language import TURN_KINDS
+from .language import TURN_KINDS, world_texts
+from .scoring import Verdict, check_answer, score_records
 from .scene import BackgroundSpec, ObjectSpec, Phase, RenderedVideo, VideoSpec, render, render_background, shape_mask
 from .vocabulary import COLOURS, MOTIONS, SHAPES, SIZES, SPLIT_RULE, SPLITS, TEXTURES, combos, is_heldout
 
@@ -15,5 +16,5 @@ __all__ = [
     "GENERATOR_VERSION", "SPLIT_CODES", "WorldSettings", "generate_world", "load_spec", "make_video", "render_video_mp4",
     "write_mp4", "TURN_KINDS", "BackgroundSpec", "ObjectSpec", "Phase", "RenderedVideo", "VideoSpec", "render",
     "render_background", "shape_mask", "COLOURS", "MOTIONS", "SHAPES", "SIZES", "SPLIT_RULE", "SPLITS", "TEXTURES",
-    "combos", "is_heldout",
+    "combos", "is_heldout", "world_texts", "Verdict", "check_answer", "score_records",
 ]
