@@ -222,7 +222,7 @@ def test_killed_run_resumes_onto_the_same_curve(world, tmp_path, how):
     assert not (killed / "final").exists(), "the run finished before it could be interrupted"
     if how == signal.SIGTERM:  # graceful: it checkpoints the step it was on and says why it stopped
         events = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
-        assert events[-1]["event"] == "stopped" and events[-1]["reason"] == "SIGTERM"
+        assert events[-1]["event"] == "stopped" and events[-1]["reason"] == "signal"
     train(make_config(world, killed, max_steps=steps, checkpoint_every=3, model={"options": {"dropout": 0.1, "step_delay": delay}}),
           resume=True, build=build_tiny, progress=False)
     expected, got = losses(straight), losses(killed)

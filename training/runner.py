@@ -4,23 +4,26 @@
     torchrun --nproc_per_node 2 -m sama_agent.training --config ...      # data parallel on CPU (gloo)
 
 One step: every process draws `batch_size` samples of the step's global batch,
-runs `loss = model(sample).loss` on each and accumulates gradients; the
+computes the phase's objectives on each (training/objectives.py: the model's own
+loss and/or SAM2 box/point-prompt pretraining) and accumulates gradients; the
 processes average their gradients (one all-reduce), clip, and take an AdamW
-step with warm-up + cosine learning rate. The step's samples depend only on
-(seed, phase, step), never on what ran before, so a resumed run reads exactly
-the data the interrupted one would have.
+step with warm-up + cosine learning rate (restarted per curriculum phase). The
+step's samples depend only on (seed, phase, step), never on what ran before,
+so a resumed run reads exactly the data the interrupted one would have.
 
-A checkpoint (every `checkpoint_every` steps, on SIGTERM, and at the end) holds,
-without pickle: trained weights and buffers (safetensors), the model in
-`save_pretrained` form, AdamW moments (safetensors) with its scalars (JSON),
-each process's torch / numpy / Python RNG state, and the step. `--resume`
-restores all of it and continues as if never stopped.
+A checkpoint (every `checkpoint_every` steps, on SIGTERM / first Ctrl-C, and at
+the end) holds, without pickle: trained weights and buffers (safetensors), the
+model in `save_pretrained` form, AdamW moments (safetensors) with its scalars
+(JSON), each process's torch / numpy / Python RNG state, and the step.
+`--resume` restores all of it and continues as if never stopped.
 
 The model contract: `model(sample: ConversationSample)` returns an object with a
-scalar `.loss` (and optionally more scalars named `*loss*`, or a `losses` dict,
-which are logged). Optional: `model.set_training_phase(phase: dict)` is called at
-the start of every curriculum phase; `output.pred_masks` (per turn, (S, T, H, W)
-mask logits) lets the held-out evaluation score grounding IoU and J&F.
+scalar `.loss`; other scalars named `*loss*` (or a `losses` dict) are logged.
+Optional: `model.set_training_phase(phase: dict)` is called at the start of every
+curriculum phase (else phase `loss_weights` set `model.config.<name>_loss_weight`);
+`output.pred_masks` (per turn, (S, T, H, W) logits) or SamaModel's
+`output.mask_logits` (key frames) let the held-out evaluation score grounding
+IoU and J&F; a `model.sam2` segmenter also gets a box-prompt IoU.
 """
 from __future__ import annotations
 
@@ -579,7 +582,13 @@ def train(config: TrainConfig, *, resume: bool = False, max_steps: int | None = 
 
     # ---- stop cleanly on SIGTERM: finish the step, checkpoint, exit -------------------------
     stop_requested = {"flag": False}
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.update(flag=True))
+
+    def request_stop(signum, _frame):
+        stop_requested["flag"] = True
+        if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous_handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     bar = _progress_bar(config.max_steps, step, rank == 0 and progress)
     phase_index, active, last_eval, summary_loss = -1, [], {}, None
@@ -640,11 +649,12 @@ def train(config: TrainConfig, *, resume: bool = False, max_steps: int | None = 
             if (config.checkpoint_every and step % config.checkpoint_every == 0) or finished or stop:
                 _checkpoint(out, config, model, trainable, optimizer, names, step, phase_index, epoch, rank, world_size, datasets)
             if stop:
-                log.write(event="stopped", step=step, reason="SIGTERM" if totals[2] > 0 else "stop_after_step")
+                log.write(event="stopped", step=step, reason="signal" if totals[2] > 0 else "stop_after_step")
                 break
     finally:
         bar.close()
-        signal.signal(signal.SIGTERM, previous_handler)
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
 
     if step == config.max_steps and rank == 0 and config.save_model and hasattr(model, "save_pretrained"):
         model.save_pretrained(out / "final")
