@@ -249,9 +249,13 @@ def test_object_memory_window_forgets_far_frames():
     assert sorted(bank.recent) == list(range(45, 50))
 
 
-def test_bad_embedding_prompt_is_refused(grounding, clip):
+def test_bad_embedding_and_unresolved_mask_prompts_are_refused(grounding, clip):
     with pytest.raises(RegionError, match=r"\(256,\) tensor"):
         list(grounding.propagate(clip, {1: [Region(frame=0, embedding=torch.zeros(3))]}))
+    with pytest.raises(RegionError, match="NaN"):
+        list(grounding.propagate(clip, {1: [Region(frame=0, embedding=torch.full((256,), float("nan")))]}))
+    with pytest.raises(RegionError, match="resolve"):
+        list(grounding.propagate(clip, {1: [Region(frame=0, mask_ref="mask-0123456789ab")]}))
 
 
 def test_propagate_restores_training_mode(grounding, clip):

@@ -95,6 +95,8 @@ def frame_prompt(regions: Sequence[Region], orig_hw: tuple[int, int], image_size
             labels.append(1 if label else 0)
         if region.mask is not None:
             masks.append(np.asarray(region.mask, dtype=bool))
+        elif region.mask_ref is not None:
+            raise RegionError(f"{region.to_text()}: the mask reference is not loaded; call Region.resolve(store) first.")
         if region.embedding is not None:
             sparse.append(_embedding(region, prompt_dim))
     prompt = FramePrompt()
