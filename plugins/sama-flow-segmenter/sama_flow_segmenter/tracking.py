@@ -31,10 +31,20 @@ class FlowEstimator:
 
 
 def warp(mask: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """Sample a source-frame mask at the flow's matches: (h, w) float32 in [0, 1]."""
-    height, width = mask.shape
-    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-    return cv2.remap(mask.astype(np.float32), grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    """Sample a source-frame mask at the flow's matches: (h, w) float32 in [0, 1].
+
+    Only target pixels whose match can land on the mask are sampled: the mask's
+    box grown by the largest displacement in the frame.
+    """
+    carried = np.zeros(mask.shape, np.float32)
+    if not mask.any():
+        return carried
+    reach = int(np.ceil(np.abs(flow).max())) + 2
+    y0, y1, x0, x1 = _window(mask, margin=reach)
+    grid_y, grid_x = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    local = flow[y0:y1, x0:x1]
+    carried[y0:y1, x0:x1] = cv2.remap(mask.astype(np.float32), grid_x + local[..., 0], grid_y + local[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return carried
 
 
 def refine(image: np.ndarray, carried: np.ndarray, model: ColourModel | None, band: float) -> np.ndarray:
