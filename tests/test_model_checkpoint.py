@@ -219,3 +219,9 @@ def test_config_round_trip_and_bad_fields():
         Sam2Config(variant="sam3")
     with pytest.raises(ValueError, match="multiple of 32"):
         Sam2Config(image_size=100)
+
+
+def test_save_pretrained_refuses_a_config_that_would_not_rebuild_the_model(tmp_path, sam2_small):
+    mislabelled = Sam2Grounding(sam2_small)  # built from SMALL, labelled with the default config
+    with pytest.raises(CheckpointError, match="pass the config the model was built with"):
+        mislabelled.save_pretrained(tmp_path / "bad")

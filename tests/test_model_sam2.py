@@ -82,6 +82,19 @@ def test_cpu_small_uses_the_pretrained_efficientnet_trunk(grounding):
     grounding.eval()
 
 
+def test_pretrained_weights_recognise_a_cat_with_our_normalisation():
+    """The trunk's weights are real ImageNet weights, and LITE_PIXEL_MEAN/STD is their input scaling."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from sama_agent.model.modeling.sam2_trunks import LITE_PIXEL_MEAN, LITE_PIXEL_STD, load_efficientnet_lite0
+
+    image = torch.from_numpy(skimage_data.chelsea()).permute(2, 0, 1)[None].float() / 255
+    image = torch.nn.functional.interpolate(image, size=(224, 224), mode="bilinear", antialias=True)
+    image = (image - torch.tensor(LITE_PIXEL_MEAN).view(1, 3, 1, 1)) / torch.tensor(LITE_PIXEL_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        probs = load_efficientnet_lite0().eval()(image).softmax(-1)[0]
+    assert probs[[281, 282, 285]].sum() > 0.8  # tabby, tiger cat, Egyptian cat
+
+
 def test_cnn_trunk_and_overrides():
     model = build_sam2({"variant": "cpu_small", "image_size": 64, "trunk": "cnn", "cnn_channels": [8, 16, 24, 32],
                         "num_maskmem": 3, "overrides": ["model.memory_attention.num_layers=1"]})

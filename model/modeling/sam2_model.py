@@ -259,6 +259,7 @@ class Sam2Grounding(nn.Module):
     def save_pretrained(self, directory: str | Path) -> Path:
         from ..checkpoint import save_pretrained
 
+        self._check_config_matches_model()
         config = self.config.to_dict()
         config["checkpoint"] = None
         return save_pretrained(directory, {"model_type": "sam2_grounding", **config}, self.sam2.state_dict())
@@ -271,6 +272,18 @@ class Sam2Grounding(nn.Module):
         config.pop("model_type", None)
         config["checkpoint"] = str(weights)
         return cls(config=config)
+
+    def _check_config_matches_model(self) -> None:
+        """A saved config must rebuild this model; catch a SAM2 built elsewhere under a default config."""
+        trunk = type(self.sam2.image_encoder.trunk).__name__
+        official = self.config.variant in OFFICIAL_VARIANTS
+        expected = "Hiera" if official else {"efficientnet_lite0": "EfficientNetLiteTrunk", "cnn": "SmallCnnTrunk"}[self.config.trunk]
+        if trunk != expected or self.image_size != self.config.image_size:
+            raise CheckpointError(
+                f"this Sam2Grounding holds a {trunk} SAM2 at {self.image_size} px but its config says "
+                f"{self.config.variant} ({expected}) at {self.config.image_size} px; pass the config the model was built "
+                "with (Sam2Grounding(sam2, config=...)) before saving."
+            )
 
     # ---- encoding ----
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
