@@ -673,6 +673,7 @@ def _checkpoint(out: Path, config: TrainConfig, model, trainable, optimizer, nam
         scratch.mkdir(parents=True)
     barrier()
     state = {"step": step, "phase": config.phases[phase_index].name, "phase_index": phase_index, "epoch": epoch,
+             "phase_step": step - config.phase_bounds()[phase_index][0],
              "world_size": world_size, "batch_size": config.optim.batch_size, "seed": config.seed,
              "config_digest": config.digest(), "skipped_records": sum(len(d.skipped) for d in datasets.values()),
              "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
