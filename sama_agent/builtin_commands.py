@@ -11,3 +11,7 @@ def register_commands(register):
     from .evaluation.cli import bench
 
     register(bench)
+
+    from .training.cli import train_command
+
+    register(train_command)
