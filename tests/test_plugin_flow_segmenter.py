@@ -151,6 +151,7 @@ def test_requested_frames_and_exact_repeats(synthetic):
     prompts = {0: [Region(frame=30, box=mask_box(masks[0, 30]))]}
     subset = dict(segmenter.propagate(video, prompts, frames=[3, 29, 40]))
     assert sorted(subset) == [3, 29, 40]
+    assert list(segmenter.propagate(video, prompts, frames=[])) == []
     full = segmenter.segment(video, prompts)
     for t, found in subset.items():
         assert np.array_equal(found[0], full[0].mask(t))  # same answer however the frames are asked for

@@ -106,6 +106,8 @@ class _Run:
         self.flow = FlowEstimator(segmenter.flow)
 
     def stream(self):
+        if not self.wanted:
+            return
         backward_ran = self.wanted[0] < self.latest
         stash: dict[int, dict[int, tuple[dict, int]]] = {}
         if backward_ran:
@@ -114,7 +116,7 @@ class _Run:
 
     # ---- the two passes ------------------------------------------------------
     def _backward(self, stash):
-        for t, tracks in self._walk(self._frames_down(self.latest, self.wanted[0]), step=-1):
+        for t, tracks in self._walk(self._frames_down(self.latest, self.wanted[0])):
             if t not in self.wanted_set:
                 continue
             if t <= self.earliest:  # nothing comes from the forward pass here
@@ -124,13 +126,13 @@ class _Run:
                             for oid in self.prompts if t < self.last[oid] and t not in self.prompts[oid]}
 
     def _forward(self, stash, yield_earliest: bool):
-        for t, tracks in self._walk(self._frames_up(self.earliest, self.wanted[-1]), step=1):
+        for t, tracks in self._walk(self._frames_up(self.earliest, self.wanted[-1])):
             if t not in self.wanted_set or (t == self.earliest and not yield_earliest):
                 continue
             from_later = stash.pop(t, {})
             yield t, {oid: self._combine(oid, t, tracks.get(oid), from_later.get(oid)) for oid in self.prompts}
 
-    def _walk(self, frames, step: int):
+    def _walk(self, frames):
         """Carry every object's mask frame to frame in one direction; restart at prompts."""
         tracks: dict[int, _Track] = {}
         previous_gray = None
