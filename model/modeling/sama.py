@@ -64,7 +64,7 @@ class SamaOutput:
     mask_logits: list = field(default_factory=list)  # per sample: (S, K, 1, h, w) low-res logits
 
     def log_dict(self) -> dict[str, float]:
-        return {"loss": float(self.loss), "lm_loss": float(self.lm_loss), "bce_loss": float(self.bce_loss),
+        return {"loss": float(self.loss.detach()), "lm_loss": float(self.lm_loss), "bce_loss": float(self.bce_loss),
                 "dice_loss": float(self.dice_loss), "answer_tokens": self.num_answer_tokens, "masks": self.num_masks}
 
 
@@ -318,8 +318,9 @@ class SamaModel(nn.Module):
         """(S, D) [SEG] states -> low-res logits (S * K, 1, h, w) on the key frames, and targets (S * K, 1, H, W)."""
         prompts = self.seg_head(seg_hidden, video.frame_summaries)  # (S, K, 256)
         segs, keys = prompts.shape[:2]
-        features = video.sam2_features.select([k for _ in range(segs) for k in range(keys)])
-        logits = self.sam2.decode_masks(features, sparse=prompts.reshape(segs * keys, 1, -1), orig_hw=video.frame_size)
+        # one decode per [SEG] over the K key frames: no copies of the key frames' feature maps
+        logits = torch.cat([self.sam2.decode_masks(video.sam2_features, sparse=prompts[s][:, None], orig_hw=video.frame_size)
+                            for s in range(segs)])
         if targets is None:
             return logits, None
         return logits, targets.reshape(segs * keys, 1, *targets.shape[-2:]).to(logits.device)
@@ -396,6 +397,10 @@ class SamaModel(nn.Module):
         text = self.llm.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
         for token in (IMG, CTX, REG):
             text = re.sub(f"(?:{re.escape(token)}\\s*){{2,}}", lambda m, t=token: f"{t}x{m.group(0).count(t)} ", text)
+        if getattr(self.llm, "word_level", False):
+            from .llm import tidy_text
+
+            text = tidy_text(text)
         return text
 
     # ---- checkpoints -----------------------------------------------------------------------------------
