@@ -167,7 +167,7 @@ def test_save_load_gives_bit_identical_outputs(trained, clip, tmp_path):
         torch.manual_seed(5)
         b = loaded(sample)
     assert torch.equal(a.loss, b.loss)
-    assert all(torch.equal(x, y) for x, y in zip(a.mask_logits, b.mask_logits))
+    assert all(torch.equal(x, y) for x, y in zip(a.key_frame_logits, b.key_frame_logits))
     first, second = SamaPredictor(model), SamaPredictor(loaded)
     first.set_video(video), second.set_video(video)
     r1, r2 = first.ask(TURN1_Q, []), second.ask(TURN1_Q, [])
@@ -247,3 +247,35 @@ def test_question_and_region_count_must_agree(predictor):
         predictor.ask("what is <mask> doing?", [])
     answer = predictor.ask("what is <region frame=3 box=10,16,30,34> doing?")
     assert answer.raw  # tags are parsed into regions
+
+
+def test_eval_forward_reports_masks_on_every_sampled_frame(trained, clip):
+    """What the training runner's held-out evaluation reads: per turn, (S, T, h, w) logits."""
+    model, _ = trained
+    video, masks = clip
+    sample = square_sample(video.frames(range(video.num_frames)), masks)
+    model.eval()
+    with torch.no_grad():
+        output = model(sample)
+    assert len(output.pred_masks) == len(sample.turns)
+    for turn, logits in zip(sample.turns, output.pred_masks):
+        assert logits.shape[:2] == (turn.seg_masks.shape[0], len(sample.frames))
+    # the memorised square is found on the frames the model was trained on
+    guess = torch.nn.functional.interpolate(output.pred_masks[0][0][:, None], size=masks.shape[1:], mode="bilinear")[:, 0] > 0
+    truth = torch.from_numpy(masks)
+    iou = (guess & truth).sum() / (guess | truth).sum().clamp_min(1)
+    assert iou > 0.6, float(iou)
+
+
+def test_mask_prompt_phase_trains_sam2_from_boxes_without_the_llm(clip):
+    video, masks = clip
+    model = SamaModel(tiny_config())
+    model.train()
+    model.set_training_phase({"model_phase": "mask_prompt", "loss_weights": {"lm": 0.0}})
+    output = model(square_sample(video.frames(range(video.num_frames)), masks))
+    output.loss.backward()
+    assert output.num_answer_tokens == 0 and output.num_masks == 2 * 2  # two [SEG] masks x two key frames
+    assert any(p.grad is not None for n, p in model.named_parameters() if n.startswith("sam2.sam2.sam_mask_decoder."))
+    assert all(p.grad is None for n, p in model.named_parameters() if n.startswith(("llm.", "aggregator.", "seg_head.")))
+    with pytest.raises(ValueError, match="unknown model_phase 'boxes'"):
+        model.set_training_phase({"model_phase": "boxes"})

@@ -44,6 +44,7 @@ from .grounding_head import GroundingHead, mask_losses
 from .llm import CTX, END, IMG, P_CLOSE, P_OPEN, REG, SEG, VIDEO_CLOSE, VIDEO_OPEN, VP_CLOSE, VP_OPEN
 
 TENSOR_DIGESTS_KEY = "sama_agent.tensor_sha256"
+MODEL_PHASES = ("seg", "full", "mask_prompt")
 
 
 def evenly_spaced(total: int, count: int) -> list[int]:
@@ -61,7 +62,8 @@ class SamaOutput:
     dice_loss: torch.Tensor
     num_answer_tokens: int = 0
     num_masks: int = 0
-    mask_logits: list = field(default_factory=list)  # per sample: (S, K, 1, h, w) low-res logits
+    key_frame_logits: list = field(default_factory=list)  # per sample: (S, K, 1, h, w) low-res logits or None
+    pred_masks: list | None = None  # eval mode: per turn (S, T, h, w) logits (a list of those per sample for a batch)
 
     def log_dict(self) -> dict[str, float]:
         return {"loss": float(self.loss.detach()), "lm_loss": float(self.lm_loss), "bce_loss": float(self.bce_loss),
@@ -254,52 +256,138 @@ class SamaModel(nn.Module):
         return embeds, ids, labels, seg_positions
 
     # ---- training forward ------------------------------------------------------------------------------
+    def set_training_phase(self, phase: dict | None) -> None:
+        """Curriculum hook (the training runner calls it per phase).
+
+        phase["model_phase"]: "seg" (default; masks from [SEG] prompts) or "mask_prompt" (SAM2 learns
+        from ground-truth boxes on the key frames; the LLM is skipped when its loss weight is 0).
+        phase["loss_weights"]: {"lm": w, "bce": w, "dice": w} overriding the config's weights.
+        """
+        phase = dict(phase or {})
+        model_phase = phase.get("model_phase") or "seg"
+        if model_phase not in MODEL_PHASES:
+            raise ValueError(f"unknown model_phase '{model_phase}'; SamaModel knows {', '.join(MODEL_PHASES)}.")
+        weights = dict(phase.get("loss_weights") or {})
+        unknown = sorted(set(weights) - {"lm", "bce", "dice"})
+        if unknown:
+            raise ValueError(f"unknown loss weight(s) {unknown}; use lm, bce and dice.")
+        self.model_phase, self.loss_weights = model_phase, weights
+
+    def _weights(self) -> tuple[float, float, float]:
+        cfg, override = self.config, getattr(self, "loss_weights", {})
+        return (float(override.get("lm", cfg.lm_loss_weight)), float(override.get("bce", cfg.bce_loss_weight)),
+                float(override.get("dice", cfg.dice_loss_weight)))
+
     def forward(self, batch: ConversationSample | Sequence[ConversationSample]) -> SamaOutput:
-        """Teacher-forced loss over every turn of every conversation in the batch."""
+        """Teacher-forced loss over every turn of every conversation in the batch.
+
+        In eval mode the output also carries `pred_masks`: per sample, per turn, (S, T, h, w) mask
+        logits on every sampled frame (each frame decoded with the prompt of its nearest key frame).
+        """
         samples = [batch] if isinstance(batch, ConversationSample) else list(batch)
         if not samples:
             raise ValueError("forward needs at least one ConversationSample")
-        prepared = [self._prepare_sample(s) for s in samples]
-        embeds, attention, labels = _pad([p["embeds"] for p in prepared], [p["labels"] for p in prepared])
-        out = self.llm.forward(embeds, attention, with_logits=False) if _accepts(self.llm.forward, "with_logits") else self.llm.forward(embeds, attention)
-        hidden = out.hidden_states
-        lm_loss, answer_tokens = self._lm_loss(hidden, labels, getattr(out, "logits", None))
-        bce_total = dice_total = hidden.new_zeros(())
-        masks_total, mask_logits = 0, []
+        lm_weight, bce_weight, dice_weight = self._weights()
+        box_phase = getattr(self, "model_phase", "seg") == "mask_prompt"
+        run_llm = not box_phase or lm_weight > 0
+        prepared = [self._prepare_sample(s, with_text=run_llm) for s in samples]
+        lm_loss, answer_tokens, hidden = self.device_zero(), 0, None
+        if run_llm:
+            embeds, attention, labels = _pad([p["embeds"] for p in prepared], [p["labels"] for p in prepared])
+            if _accepts(self.llm.forward, "with_logits"):
+                out = self.llm.forward(embeds, attention, with_logits=False)
+            else:
+                out = self.llm.forward(embeds, attention)
+            hidden = out.hidden_states
+            lm_loss, answer_tokens = self._lm_loss(hidden, labels, getattr(out, "logits", None))
+        bce_total = dice_total = self.device_zero()
+        masks_total, key_frame_logits, pred_masks = 0, [], []
         for row, item in enumerate(prepared):
             positions = item["seg_positions"]
-            if not positions:
-                mask_logits.append(None)
-                continue
-            logits, targets = self._seg_logits(hidden[row, positions], item["video"], item["seg_targets"])
-            bce, dice = mask_losses(logits, targets, self.config.mask_points, self.config.mask_oversample, self.config.mask_importance)
-            bce_total, dice_total = bce_total + bce * logits.shape[0], dice_total + dice * logits.shape[0]
-            masks_total += logits.shape[0]
-            mask_logits.append(logits.detach().reshape(len(positions), -1, *logits.shape[1:]))
+            if box_phase:
+                logits, targets = self._box_logits(item["video"], item["seg_targets"])
+            elif positions:
+                logits, targets = self._seg_logits(hidden[row, positions], item["video"], item["seg_targets"])
+            else:
+                logits = targets = None
+            if logits is not None and logits.shape[0]:
+                bce, dice = mask_losses(logits, targets, self.config.mask_points, self.config.mask_oversample, self.config.mask_importance)
+                bce_total, dice_total = bce_total + bce * logits.shape[0], dice_total + dice * logits.shape[0]
+                masks_total += logits.shape[0]
+            key_frame_logits.append(None if logits is None or box_phase else logits.detach().reshape(len(positions), -1, *logits.shape[1:]))
+            if not self.training and run_llm and not box_phase:
+                pred_masks.append(self._all_frame_logits(hidden[row, positions], item))
         bce_loss = bce_total / max(masks_total, 1)
         dice_loss = dice_total / max(masks_total, 1)
-        cfg = self.config
-        loss = cfg.lm_loss_weight * lm_loss + cfg.bce_loss_weight * bce_loss + cfg.dice_loss_weight * dice_loss
-        return SamaOutput(loss, lm_loss.detach(), bce_loss.detach(), dice_loss.detach(), answer_tokens, masks_total, mask_logits)
+        loss = lm_weight * lm_loss + bce_weight * bce_loss + dice_weight * dice_loss
+        output = SamaOutput(loss, lm_loss.detach(), bce_loss.detach(), dice_loss.detach(), answer_tokens, masks_total, key_frame_logits)
+        if pred_masks:
+            output.pred_masks = pred_masks[0] if len(samples) == 1 else pred_masks
+        return output
 
-    def _prepare_sample(self, sample: ConversationSample) -> dict:
+    def device_zero(self) -> torch.Tensor:
+        return torch.zeros((), device=self.device)
+
+    def _box_logits(self, video: VideoContext, targets: torch.Tensor | None):
+        """Curriculum: SAM2 prompted with each ground-truth mask's box on the key frames where it is visible."""
+        if targets is None:
+            return None, None
+        flat = targets.reshape(-1, *targets.shape[-2:])  # (S * K, H, W)
+        keys = targets.shape[1]
+        logits, kept = [], []
+        for index, mask in enumerate(flat):
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            if len(xs) == 0:
+                continue
+            box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+            features = video.sam2_features.frame(index % keys)
+            logits.append(self.sam2.decode_masks(features, boxes=box, orig_hw=video.frame_size))
+            kept.append(mask)
+        if not logits:
+            return None, None
+        return torch.cat(logits), torch.stack(kept)[:, None].to(logits[0].device)
+
+    @torch.no_grad()
+    def _all_frame_logits(self, seg_hidden: torch.Tensor, item: dict) -> list[torch.Tensor]:
+        """Per turn, (S, T, h, w) logits on every sampled frame, each decoded with its nearest key frame's prompt."""
+        video, frames = item["video"], item["frames"]
+        key_frames = [item["context_positions"][k] for k in video.key_positions]
+        nearest = [int(np.argmin([abs(t - k) for k in key_frames])) for t in range(len(frames))]
+        per_turn, start = [], 0
+        if seg_hidden.shape[0]:
+            features = self.sam2.encode_frames(_to_pixels(frames, self.device))
+            prompts = self.seg_head(seg_hidden, video.frame_summaries)  # (S, K, 256)
+            all_logits = torch.stack([
+                self.sam2.decode_masks(features, sparse=prompts[s, nearest][:, None], orig_hw=video.frame_size)[:, 0]
+                for s in range(prompts.shape[0])
+            ])  # (S, T, h, w)
+        for count in item["segs_per_turn"]:
+            per_turn.append(all_logits[start : start + count] if count else torch.zeros(0, len(frames), 1, 1))
+            start += count
+        return per_turn
+
+    def _prepare_sample(self, sample: ConversationSample, with_text: bool = True) -> dict:
         frames = np.asarray(sample.frames)
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"sample {sample.video_id}: frames must be (T, H, W, 3) uint8, got {frames.shape}")
         context_positions, key_positions = self.frame_positions(len(frames))
         video = self.encode_video(frames[context_positions], key_positions)
-        pieces = self.conversation_pieces(video, sample, context_positions)
-        embeds, ids, labels, seg_positions = self.embed_pieces(pieces)
+        embeds, labels, seg_positions = None, [], []
+        if with_text:
+            pieces = self.conversation_pieces(video, sample, context_positions)
+            embeds, _, labels, seg_positions = self.embed_pieces(pieces)
+        segs_per_turn = [len(t.seg_masks) for t in sample.turns]
         targets = [np.asarray(t.seg_masks, dtype=bool) for t in sample.turns if len(t.seg_masks)]
         targets = np.concatenate(targets, 0) if targets else np.zeros((0, *frames.shape[:3]), bool)
-        if targets.shape[0] != len(seg_positions):
+        if with_text and targets.shape[0] != len(seg_positions):
             raise ValueError(
                 f"sample {sample.video_id}: the answers hold {len(seg_positions)} {SEG} token(s) but seg_masks give "
                 f"{targets.shape[0]} mask(s); give one mask per {SEG}, in order."
             )
         absolute_keys = [context_positions[k] for k in key_positions]
         seg_targets = torch.from_numpy(targets[:, absolute_keys]) if len(targets) else None
-        return {"embeds": embeds, "labels": labels, "seg_positions": seg_positions, "video": video, "seg_targets": seg_targets}
+        return {"embeds": embeds, "labels": labels, "seg_positions": seg_positions, "video": video, "seg_targets": seg_targets,
+                "frames": frames, "context_positions": context_positions, "segs_per_turn": segs_per_turn}
 
     def _lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor | None) -> tuple[torch.Tensor, int]:
         """Cross-entropy of next-token prediction on label positions only (logits computed only there)."""
