@@ -68,6 +68,9 @@ class BenchConfig:
     similarity_threshold: float = 0.5
     caption_questions: Sequence[str] = DEFAULT_CAPTION_QUESTIONS
     seed: int = 0
+    # Appended to a Bench-G question whose reference answer has [SEG] (unless already there), as the
+    # SAMA evaluation does with " Response with interleaved segmentation masks."; None leaves questions as they are.
+    seg_hint: str | None = None
 
     def __post_init__(self):
         if self.miou_normalizer not in MIOU_NORMALIZERS:
@@ -209,8 +212,9 @@ class BenchRunner:
                 human, reference = record["conversation"][2 * turn], record["conversation"][2 * turn + 1]
                 where = f"{self.data.where(index)}, turn {turn}"
                 regions = [self.data.region(m, index, f"obj_masks[{turn}][{k}]") for k, m in enumerate(record["obj_masks"][turn])]
-                answer = self._ask(human["value"], regions, where)
-                item = {"record": index, "turn": turn, "question_id": human.get("question_id"), "question": human["value"],
+                question = self._with_seg_hint(human["value"], reference["value"])
+                answer = self._ask(question, regions, where)
+                item = {"record": index, "turn": turn, "question_id": human.get("question_id"), "question": question,
                         "reference": reference["value"], "answer": answer.text, "phrases": answer.phrases}
                 gt_ids = record["groundtruth"][turn]
                 if gt_ids:
@@ -305,6 +309,12 @@ class BenchRunner:
                 raise BenchError(f"{where}: answer track {k} has masks for frames {outside[:5]} but the video has frames 0 to {frames - 1}")
             volumes.append(track.to_array(frames))
         return volumes
+
+    def _with_seg_hint(self, question: str, reference: str) -> str:
+        hint = self.config.seg_hint
+        if not hint or "[SEG]" not in reference or hint.strip() in question:
+            return question
+        return question.rstrip() + " " + hint.strip()
 
     def _caption_question(self, video: str, obj: str) -> str:
         questions = self.config.caption_questions

@@ -44,7 +44,9 @@ def _load_judge(spec: str | None):
 @click.option("--miou-normalizer", type=click.Choice(["max", "gt", "matched"]), default="max", show_default=True,
               help="Turn mIoU denominator: max(#pred, #gt), #gt, or matched pairs only (SAMA-script convention).")
 @click.option("--judge", default=None, help="CLAIR judge: package.module:factory returning a LangChain chat model.")
-def bench(suite, data_dir, model_dir, segmenter, answerer, out_dir, shard, merge_only, similarity, miou_normalizer, judge):
+@click.option("--seg-hint", default=None,
+              help="Text appended to Bench-G questions whose answer is grounded, e.g. 'Please respond with segmentation masks.'")
+def bench(suite, data_dir, model_dir, segmenter, answerer, out_dir, shard, merge_only, similarity, miou_normalizer, judge, seg_hint):
     """Score a model on SAMA-Bench-G, SAMA-Bench-C or a Ref-VOS set; one JSON per video plus a summary table."""
     from .bench import BenchConfig, BenchRunner, merge, parse_shard
 
@@ -60,7 +62,7 @@ def bench(suite, data_dir, model_dir, segmenter, answerer, out_dir, shard, merge
             data,
             _build_answerer(answerer, data, model_dir, segmenter),
             out_dir,
-            config=BenchConfig(suite, miou_normalizer=miou_normalizer),
+            config=BenchConfig(suite, miou_normalizer=miou_normalizer, seg_hint=seg_hint),
             similarity=_similarity(suite, similarity),
             judge=_load_judge(judge),
         )

@@ -246,6 +246,15 @@ def test_resume_shards_and_merge(bench_dir, tmp_path, captions):
     other = BenchRunner(data, GroundTruthReplayAnswerer(data), out, similarity=lexical, config=BenchConfig("sama-bench-g", miou_normalizer="gt"))
     with pytest.raises(BenchError, match="different run.*config"):
         other.run()
+    # the grounding hint is appended only where the reference answer is grounded, and recorded in the result
+    hinted = BenchRunner(data, GroundTruthReplayAnswerer(data), tmp_path / "hinted", similarity=lexical, captions=captions,
+                         config=BenchConfig("sama-bench-g", seg_hint="Please respond with segmentation masks."))
+    hinted.run()
+    v0 = next(u for u in data.units if u.video == "videos/v0")
+    hinted_questions = [i["question"] for i in json.loads(hinted.result_path(v0).read_text())["items"]]
+    assert hinted_questions[0] == "What is <mask> doing? Please respond with segmentation masks."
+    assert [q.endswith("segmentation masks.") for q in hinted_questions] == [True, True, True, False]  # turn 3 has no [SEG]
+    assert json.loads(runner.result_path(v0).read_text())["items"][0]["question"] == "What is <mask> doing?"
     with pytest.raises(BenchError, match="i/n"):
         parse_shard("2")
     with pytest.raises(BenchError, match="0 <= i < n"):
