@@ -27,6 +27,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 from .conversation import PHRASE_PATTERN, SEG_TOKEN
 from .errors import CheckpointError, RegionError, SamaError
+from .feature_cache import CachedEncoding
 from .masks import MaskHandle, MaskStore, MaskTrack
 from .regions import Region, parse_question
 from .video import Video
@@ -185,9 +186,18 @@ class Session:
         return session
 
     def _encode(self, progress: bool) -> None:
+        """Decode and encode the video once: the model's context frames, then (when the
+        segmenter keeps a feature cache) every frame's segmenter features."""
+        from tqdm.auto import tqdm
+
         started = time.perf_counter()
-        with _progress_for(self.answerer, self.video, progress):
+        cache = feature_cache_of(self.answerer)
+        total = self.video.num_frames * (2 if cache is not None else 1)
+        with tqdm(total=total, desc=f"encoding {self.video.path.name}", unit="frame", disable=not progress, leave=False) as bar:
             self.answerer.set_video(self.video)
+            bar.update(self.video.num_frames)
+            if cache is not None:
+                cache.warm(self.video, progress=bar.update)
         self.encode_seconds = time.perf_counter() - started
         self._save()
 
@@ -226,7 +236,7 @@ class Session:
             handle = self.store.add(track, video=str(self.video.path))
             phrases.append(GroundedPhrase(label, handle, tuple(track.frames_present)))
         answer = GroundedAnswer(
-            text=_plain(getattr(result, "text", None) or raw),
+            text=_plain(raw),
             phrases=phrases,
             handles=[p.handle for p in phrases],
             turn=len(self.history) + 1,
@@ -296,10 +306,31 @@ def build_answerer(model: Any = None, *, segmenter: str | None = None, overrides
         if segmenter or overrides:
             raise SamaError("segmenter/model overrides apply when sama-agent loads the model; this answerer is already built.")
         return model
-    loaded = load_model(model, overrides=overrides)
-    from .model.predictor import SamaPredictor
+    return predictor_for(load_model(model, overrides=overrides), segmenter)
 
-    return SamaPredictor(loaded, segmenter=_segmenter(segmenter))
+
+def predictor_for(model: Any, segmenter: str | None = None) -> Answerer:
+    """A SamaPredictor for one video. The model's own SAM2 gets a per-session feature
+    cache, so a session encodes each frame for segmentation once, not once per turn."""
+    from .model.predictor import SamaPredictor
+    from .plugins import get_registry
+
+    config = model.config
+    name = segmenter or config.segmenter
+    registry = get_registry()
+    if name == "sam2" and config.segmenter == "sam2":
+        chosen = registry.create("segmenter", "sam2", grounding=CachedEncoding(model.sam2))
+    elif segmenter is None:
+        chosen = None  # the predictor builds the configured plugin with its options
+    else:
+        options = config.segmenter_options if name == config.segmenter else {}
+        chosen = registry.create("segmenter", name, **options)
+    return SamaPredictor(model, segmenter=chosen)
+
+
+def feature_cache_of(answerer: Any) -> CachedEncoding | None:
+    grounding = getattr(getattr(answerer, "segmenter", None), "grounding", None)
+    return grounding if isinstance(grounding, CachedEncoding) else None
 
 
 def load_model(model: Any = None, *, overrides: dict | None = None):
@@ -315,17 +346,7 @@ def load_model(model: Any = None, *, overrides: dict | None = None):
         raise CheckpointError(f"{folder}: not a SAMA checkpoint folder (no config.json). Point --model at a folder written by save_pretrained.")
     from .model.modeling.sama import SamaModel
 
-    if overrides:
-        return SamaModel.from_pretrained(folder, **overrides)
-    return SamaModel.from_pretrained(folder)
-
-
-def _segmenter(name: str | None):
-    if name is None:
-        return None
-    from .plugins import get_registry
-
-    return get_registry().create("segmenter", name)
+    return SamaModel.from_pretrained(folder, **(overrides or {}))
 
 
 def _is_torch_module(obj: Any) -> bool:
@@ -334,22 +355,6 @@ def _is_torch_module(obj: Any) -> bool:
 
         return isinstance(obj, torch.nn.Module)
     except ImportError:  # pragma: no cover
-        return False
-
-
-class _progress_for:
-    """Show a progress bar while a video is read and encoded, when the answerer
-    does not draw its own (it may accept a `progress` attribute)."""
-
-    def __init__(self, answerer: Any, video: Video, enabled: bool):
-        self.answerer, self.video, self.enabled = answerer, video, enabled
-
-    def __enter__(self):
-        if hasattr(self.answerer, "progress"):
-            self.answerer.progress = self.enabled
-        return self
-
-    def __exit__(self, *exc):
         return False
 
 
@@ -412,9 +417,7 @@ class SessionPool:
             return self.model  # a ready answerer is per video: one session only
         if self._loaded_model is None:
             self._loaded_model = load_model(self.model, overrides=self.model_overrides)
-        from .model.predictor import SamaPredictor
-
-        return SamaPredictor(self._loaded_model, segmenter=_segmenter(self.segmenter))
+        return predictor_for(self._loaded_model, self.segmenter)
 
     def __len__(self) -> int:
         return len(self.sessions)

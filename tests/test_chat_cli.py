@@ -1,0 +1,136 @@
+"""`sama-agent chat` end to end: a real process, a real model, a real mp4."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from session_helpers import SQUARE_QUESTION, square_clip_mp4, trained_model_dir
+from sama_agent.cli import build_cli
+from sama_agent.masks import MaskStore
+
+SAMA_AGENT = Path(sys.executable).parent / "sama-agent"
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return square_clip_mp4(tmp_path_factory.mktemp("clip") / "square.mp4")
+
+
+def chat(*args):
+    return CliRunner().invoke(build_cli(), ["chat", "--model", str(trained_model_dir()), "--quiet", *args])
+
+
+def events(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+class Repl:
+    """The interactive chat in its own process, driven line by line through its stdin."""
+
+    def __init__(self, *args):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        self.process = subprocess.Popen([str(SAMA_AGENT), "chat", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, env=env)
+
+    def read(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise AssertionError(f"chat ended early: {self.process.stderr.read()}")
+        return json.loads(line)
+
+    def say(self, text: str) -> dict:
+        self.process.stdin.write(text + "\n")
+        self.process.stdin.flush()
+        return self.read()
+
+    def close(self) -> int:
+        self.process.stdin.write(":quit\n")
+        self.process.stdin.close()
+        return self.process.wait(timeout=120)
+
+
+def test_two_turns_where_turn_two_points_at_turn_one_mask(clip, tmp_path):
+    video, _, masks = clip
+    session_dir = tmp_path / "chat"
+    repl = Repl("--video", str(video), "--model", str(trained_model_dir()), "--session-dir", str(session_dir), "--json", "--quiet")
+    try:
+        opened = repl.read()
+        assert opened["event"] == "opened" and opened["frames"] == len(masks)
+        first = repl.say(SQUARE_QUESTION)
+        assert first["event"] == "turn" and first["turn"] == 1, first
+        handle = first["handles"][0]
+        bad = repl.say("what is <region frame=3 box=1,2,3> doing ?")  # an error, and the chat goes on
+        assert bad["event"] == "error" and "box needs 4 numbers" in bad["error"]
+        second = repl.say(f"what is <region frame=3 mask={handle}> doing ?")
+        assert second["event"] == "turn" and second["turn"] == 2 and "moves right" in second["text"], second
+        listed = repl.say(":handles")
+        assert [row["handle"] for row in listed["handles"]] == first["handles"] + second["handles"]
+    finally:
+        assert repl.close() == 0
+
+    files = first["files"]
+    turn_dir = Path(files["folder"])
+    assert turn_dir == session_dir / "turn_001"
+    assert sorted(Path(p).name for p in files["overlays"]) == [f"overlay_frame_{k:05d}.png" for k in sorted(first["key_frames"])]
+    assert Image.open(files["animation"]).n_frames == len(masks)
+    # reopen: the masks as written to disk are the masks the store hands out after a restart
+    track = MaskStore(session_dir).get(handle)
+    rle = json.loads(Path(files["rle"][handle]).read_text())
+    assert rle["handle"] == handle and len(rle["frames"]) == len(masks)
+    pngs = sorted(Path(files["png_dirs"][handle]).glob("frame_*.png"))
+    assert len(pngs) == len(masks)
+    for frame, png in enumerate(pngs):
+        assert np.array_equal(np.asarray(Image.open(png)) > 0, track.mask(frame))
+    transcript = json.loads((session_dir / "session.json").read_text())
+    assert [turn["question"] for turn in transcript["turns"]] == [SQUARE_QUESTION, f"what is <region frame=3 mask={handle}> doing ?"]
+
+
+def test_scripted_questions_report_errors_and_carry_on(clip, tmp_path):
+    video = clip[0]
+    questions = tmp_path / "questions.txt"
+    questions.write_text(f"# a comment\n{SQUARE_QUESTION}\n\nwhat is <region frame=0 box=0,0,999,10> doing ?\n"
+                         "what is <region frame=0 mask=mask-0123456789ab> doing ?\n"
+                         "what is <region frame=0 mask=nowhere.png> doing ?\n"
+                         "what is <region frame=2 box=10,30,50,70> doing ?\n")
+    result = chat("--video", str(video), "--questions", str(questions), "--session-dir", str(tmp_path / "s"), "--json", "--no-render")
+    lines = events(result.output)
+    assert [e["event"] for e in lines] == ["opened", "turn", "error", "error", "error", "turn"]
+    assert "outside the 128x96 frame" in lines[2]["error"]
+    assert "unknown mask handle" in lines[3]["error"]
+    assert "does not exist" in lines[4]["error"]
+    assert lines[5]["turn"] == 2
+    assert result.exit_code == 1  # a script learns that some questions failed
+    assert not (tmp_path / "s" / "turn_001").exists()  # --no-render
+
+
+def test_handles_from_an_earlier_run_resolve_in_a_new_one(clip, tmp_path):
+    video, session_dir = clip[0], tmp_path / "s"
+    first = chat("--video", str(video), "--ask", SQUARE_QUESTION, "--session-dir", str(session_dir))
+    assert first.exit_code == 0, first.output
+    handle = next(word for word in first.output.split() if word.startswith("mask-"))
+    assert f"the red square [{handle}]" in first.output  # grounded phrases shown with their handles
+    again = chat("--video", str(video), "--ask", f"what is <region frame=5 mask={handle}> doing ?",
+                 "--session-dir", str(session_dir), "--json", "--no-render")
+    assert again.exit_code == 0, again.output
+    last = events(again.output)[-1]
+    assert last["event"] == "turn" and last["turn"] == 1 and handle in last["question"]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--video", "/no/such/clip.mp4", "--ask", "hi"], "no such file"),
+    (["--questions", "/no/such/questions.txt"], "does not exist"),
+])
+def test_missing_files_are_named(args, expected):
+    result = chat(*args)
+    assert result.exit_code != 0 and expected in result.output
+
+
+def test_a_missing_checkpoint_says_how_to_train_one(clip, tmp_path):
+    result = CliRunner().invoke(build_cli(), ["chat", "--video", str(clip[0]), "--model", str(tmp_path), "--ask", "hi", "--quiet"])
+    assert result.exit_code != 0 and "no config.json" in result.output
