@@ -31,6 +31,8 @@ def _load_judge(spec: str | None):
 @click.option("--suite", type=click.Choice(SUITES), required=True, help="Benchmark to run.")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Data folder: records.json, masks.json and the frame folders the records name.")
+@click.option("--split", default=None,
+              help="Read NAME.json and NAME_masks.json instead of records.json and masks.json (the world generator's layout).")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None, help="SAMA checkpoint folder (config.json + safetensors).")
 @click.option("--segmenter", default=None, help="Registered segmenter to use instead of the model's own (see `sama-agent plugins`).")
 @click.option("--answerer", type=click.Choice(["model", "oracle"]), default="model", show_default=True,
@@ -46,13 +48,14 @@ def _load_judge(spec: str | None):
 @click.option("--judge", default=None, help="CLAIR judge: package.module:factory returning a LangChain chat model.")
 @click.option("--seg-hint", default=None,
               help="Text appended to Bench-G questions whose answer is grounded, e.g. 'Please respond with segmentation masks.'")
-def bench(suite, data_dir, model_dir, segmenter, answerer, out_dir, shard, merge_only, similarity, miou_normalizer, judge, seg_hint):
+def bench(suite, data_dir, split, model_dir, segmenter, answerer, out_dir, shard, merge_only, similarity, miou_normalizer, judge, seg_hint):
     """Score a model on SAMA-Bench-G, SAMA-Bench-C or a Ref-VOS set; one JSON per video plus a summary table."""
     from .bench import BenchConfig, BenchRunner, merge, parse_shard
 
     out_dir = out_dir or Path("bench-results") / suite
     try:
-        data = BenchData(data_dir, suite)
+        files = {"records_file": f"{split}.json", "masks_file": f"{split}_masks.json"} if split else {}
+        data = BenchData(data_dir, suite, **files)
         if merge_only:
             summary = merge(out_dir, data)
             click.echo((out_dir / "summary.md").read_text())

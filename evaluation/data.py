@@ -7,6 +7,8 @@ Layout of a data directory (`--data DIR`)::
     DIR/masks.json      the mask dict {mask_id: [per-frame COCO RLE or null]}
     DIR/<record.video>/<frame stem>.jpg|.png   frame folders, relative to DIR
 
+(or NAME.json + NAME_masks.json, as the world generator writes a split).
+
 Suites read different parts of a record:
 
 - sama-bench-g: `conversation`, `obj_masks` (one mask id per `<mask>` in a

@@ -390,3 +390,19 @@ def test_caption_scorer_scores_empty_candidates_zero_and_reports_spice(captions)
     assert scores["SPICE"] is None and "stanford-corenlp" in captions.unavailable["SPICE"]
     with pytest.raises(ValueError, match="2 candidates but 1 reference sets"):
         captions.score(["a", "b"], ["a"])
+
+
+def test_world_generator_split_scores_one_with_the_oracle(tmp_path):
+    """Records written by the training world generator load unchanged (--split) and replaying them scores 1."""
+    from sama_agent.training.world.generator import generate_world
+
+    generate_world(tmp_path / "world", 2, "val", 0, 64, (6, 8), objects=(2, 3), turns=(3, 4))
+    out = tmp_path / "out"
+    args = ["--suite", "sama-bench-g", "--data", str(tmp_path / "world"), "--split", "val", "--answerer", "oracle",
+            "--similarity", "lexical", "--out", str(out)]
+    result = CliRunner().invoke(bench, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "summary.json").read_text())["metrics"]
+    assert metrics["miou"] == 1.0 and metrics["recall"] == 1.0 and metrics["ROUGE_L"] == pytest.approx(1.0)
+    missing = CliRunner().invoke(bench, [a if a != "val" else "test" for a in args])
+    assert missing.exit_code != 0 and "test.json: missing" in missing.output
