@@ -279,3 +279,25 @@ def test_mask_prompt_phase_trains_sam2_from_boxes_without_the_llm(clip):
     assert all(p.grad is None for n, p in model.named_parameters() if n.startswith(("llm.", "aggregator.", "seg_head.")))
     with pytest.raises(ValueError, match="unknown model_phase 'boxes'"):
         model.set_training_phase({"model_phase": "boxes"})
+
+
+def test_a_segmenter_without_embedding_prompts_gets_key_frame_masks(trained, clip):
+    """DESIGN §3: a segmenter that takes no `embedding` is handed the [SEG] decoded into key-frame
+    masks by the model's own SAM2. Here: SAM2 propagation restricted to box/points/mask prompts."""
+    from sama_agent.model.segmenter import Sam2Segmenter
+
+    class MaskOnlySam2(Sam2Segmenter):
+        name = "sam2-mask-only"
+        prompt_kinds = frozenset({"box", "points", "mask"})
+
+    model, _ = trained
+    video, truth = clip
+    predictor = SamaPredictor(model, segmenter=MaskOnlySam2(grounding=model.sam2))
+    predictor.set_video(video)
+    result = predictor.ask(TURN1_Q, [])
+    assert len(result.tracks) == 1
+    track = result.tracks[0]
+    assert track.frames == list(range(video.num_frames))
+    for frame in predictor.key_frames:  # the decoded key-frame masks find the memorised square
+        guess, expected = track.mask(frame), truth[frame]
+        assert (guess & expected).sum() / max((guess | expected).sum(), 1) > 0.5
