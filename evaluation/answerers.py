@@ -11,8 +11,9 @@ only on this interface, so it runs before, and independently of, any model.
 Implementations:
 - `PredictorAnswerer` adapts the SAMA model's `SamaPredictor`
   (`set_video(video)`, `ask(question, regions) -> TurnResult`).
-- `load_model_answerer(model_dir, segmenter)` builds one from a checkpoint,
-  with the segmenter looked up in the plugin registry, as chat and training do.
+- `load_model_answerer(model_dir, segmenter)` builds one from a checkpoint
+  exactly as `sama-agent chat` does (`sama_agent.session.load_model` +
+  `predictor_for`: parts and segmenter from the plugin registry).
 - `GroundTruthReplayAnswerer` answers with the ground truth itself, optionally
   corrupted per turn. It is an oracle for checking data sets and metric
   plumbing (perfect answers must score 1), not a model.
@@ -49,13 +50,21 @@ class Answerer(Protocol):
 
 
 class PredictorAnswerer:
-    """The SAMA model's predictor behind the answerer interface."""
+    """The SAMA model's predictor behind the answerer interface.
 
-    def __init__(self, predictor, name: str = "sama"):
+    Give either one `predictor`, or a `factory` that makes a fresh one; with a
+    factory each video gets its own predictor, so per-session state (the SAM2
+    feature cache chat uses) lives for one video and is then dropped.
+    """
+
+    def __init__(self, predictor=None, *, factory=None, name: str = "sama"):
+        if (predictor is None) == (factory is None):
+            raise TypeError("give a predictor or a factory, not both or neither")
+        self.factory = factory
+        self.predictor = predictor if predictor is not None else factory()
         for method in ("set_video", "ask"):
-            if not callable(getattr(predictor, method, None)):
-                raise TypeError(f"{type(predictor).__name__} has no {method}(); expected a SamaPredictor")
-        self.predictor = predictor
+            if not callable(getattr(self.predictor, method, None)):
+                raise TypeError(f"{type(self.predictor).__name__} has no {method}(); expected a SamaPredictor")
         self.name = name
         self._encoded: tuple | None = None  # the video currently encoded, so its conversations reuse the encoding
 
@@ -64,9 +73,11 @@ class PredictorAnswerer:
         reset = getattr(self.predictor, "reset", None)
         if identity == self._encoded and callable(reset):
             reset()
-        else:
-            self.predictor.set_video(video)  # encodes the video and starts a new conversation
-            self._encoded = identity
+            return
+        if self.factory is not None and self._encoded is not None:
+            self.predictor = self.factory()
+        self.predictor.set_video(video)  # encodes the video and starts a new conversation
+        self._encoded = identity
 
     def ask(self, question: str, regions: Sequence[Region]) -> Answer:
         result = self.predictor.ask(question, list(regions))
@@ -75,19 +86,17 @@ class PredictorAnswerer:
         return Answer(text, phrases, list(result.tracks))
 
 
-def load_model_answerer(model_dir: str | Path, segmenter: str | None = None, **segmenter_options) -> PredictorAnswerer:
-    """SamaModel.from_pretrained(model_dir) + an optional registered segmenter, wrapped as an answerer."""
+def load_model_answerer(model_dir: str | Path | None = None, segmenter: str | None = None) -> PredictorAnswerer:
+    """The model the way `sama-agent chat` loads it: the checkpoint folder (None = the default
+    checkpoint), parts and segmenter from the plugin registry, one predictor per video."""
     try:
-        from sama_agent.model.modeling.sama import SamaModel
-        from sama_agent.model.predictor import SamaPredictor
+        from sama_agent.session import load_model, predictor_for
     except ImportError as exc:
         raise SamaError(f"the SAMA model is not available in this installation ({exc}); benchmark another answerer") from None
-    from sama_agent.plugins import get_registry
 
-    model = SamaModel.from_pretrained(str(model_dir))
-    seg = get_registry().create("segmenter", segmenter, **segmenter_options) if segmenter else None
-    name = Path(model_dir).name + (f"+{segmenter}" if segmenter else "")
-    return PredictorAnswerer(SamaPredictor(model, segmenter=seg), name=name)
+    model = load_model(model_dir)
+    name = (Path(model_dir).name if model_dir is not None else "default") + (f"+{segmenter}" if segmenter else "")
+    return PredictorAnswerer(factory=lambda: predictor_for(model, segmenter), name=name)
 
 
 # ---- oracle ------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def _load_judge(spec: str | None):
               help="Data folder: records.json, masks.json and the frame folders the records name.")
 @click.option("--split", default=None,
               help="Read NAME.json and NAME_masks.json instead of records.json and masks.json (the world generator's layout).")
-@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None, help="SAMA checkpoint folder (config.json + safetensors).")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None, help="SAMA checkpoint folder (config.json + safetensors) [default: the bundled checkpoint, or $SAMA_AGENT_MODEL].")
 @click.option("--segmenter", default=None, help="Registered segmenter to use instead of the model's own (see `sama-agent plugins`).")
 @click.option("--answerer", type=click.Choice(["model", "oracle"]), default="model", show_default=True,
               help="'oracle' replays the ground truth: a check of the data set and the metrics (it must score 1).")
@@ -92,9 +92,7 @@ def _build_answerer(kind: str, data: BenchData, model_dir, segmenter):
 
     if kind == "oracle":
         return GroundTruthReplayAnswerer(data)
-    if model_dir is None:
-        raise BenchError("--model is required (a SAMA checkpoint folder), or pass --answerer oracle to check the data set")
-    return load_model_answerer(model_dir, segmenter)
+    return load_model_answerer(model_dir, segmenter)  # no --model: the default checkpoint, as in chat
 
 
 def _similarity(suite: str, kind: str):

@@ -54,7 +54,11 @@ def test_predictor_answerer_reuses_the_encoding_and_returns_full_size_tracks(tin
     context = answerer.predictor.context
     answerer.start(data.video(0), "0@1")  # same frames: the conversation resets, the encoding stays
     assert answerer.predictor.context is context and answerer.predictor.history == []
+    first_predictor = answerer.predictor
     answer = answerer.ask("Please segment the red kite.", [])
     assert len(answer.tracks) == len(answer.phrases)
     for track in answer.tracks:
         assert (track.height, track.width) == (H, W) and set(track.frames) <= set(range(T))
+    other = write_refvos(tmp_path / "rv2")
+    answerer.start(BenchData(other, "refvos").video(0), "0@0")  # another video: a fresh predictor (and feature cache)
+    assert answerer.predictor is not first_predictor and answerer.predictor.video.path == other / "videos" / "v0"

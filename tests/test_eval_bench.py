@@ -365,7 +365,7 @@ def test_judge_option_loads_a_chat_model_factory(bench_dir, tmp_path, monkeypatc
     assert bad.exit_code != 0 and "package.module:factory" in bad.output
 
 
-def test_cli_oracle_run_and_merge(bench_dir, tmp_path):
+def test_cli_oracle_run_and_merge(bench_dir, tmp_path, monkeypatch):
     out = tmp_path / "cli-out"
     runner = CliRunner()
     args = ["--suite", "refvos", "--data", str(write_refvos(tmp_path / "rv")), "--answerer", "oracle", "--out", str(out)]
@@ -376,8 +376,9 @@ def test_cli_oracle_run_and_merge(bench_dir, tmp_path):
     assert "0 videos scored, 1 already done" in again.output
     merged = runner.invoke(bench, args + ["--merge"])
     assert merged.exit_code == 0 and "1 of 1 done" in merged.output
+    monkeypatch.setenv("SAMA_AGENT_MODEL", str(tmp_path / "no-checkpoint-here"))
     missing_model = runner.invoke(bench, ["--suite", "refvos", "--data", str(tmp_path / "rv"), "--out", str(tmp_path / "o2")])
-    assert missing_model.exit_code != 0 and "--model is required" in missing_model.output
+    assert missing_model.exit_code != 0 and "no trained SAMA checkpoint" in missing_model.output
     bad = runner.invoke(bench, ["--suite", "sama-bench-g", "--data", str(tmp_path / "nowhere"), "--answerer", "oracle"])
     assert bad.exit_code != 0 and "no such data directory" in bad.output
 
