@@ -291,15 +291,21 @@ class SamaModel(nn.Module):
         box_phase = getattr(self, "model_phase", "seg") == "mask_prompt"
         run_llm = not box_phase or lm_weight > 0
         prepared = [self._prepare_sample(s, with_text=run_llm) for s in samples]
-        lm_loss, answer_tokens, hidden = self.device_zero(), 0, None
+        lm_loss, answer_tokens, hidden = self.device_zero(), 0, []
         if run_llm:
-            embeds, attention, labels = _pad([p["embeds"] for p in prepared], [p["labels"] for p in prepared])
-            if _accepts(self.llm.forward, "with_logits"):
-                out = self.llm.forward(embeds, attention, with_logits=False)
-            else:
-                out = self.llm.forward(embeds, attention)
-            hidden = out.hidden_states
-            lm_loss, answer_tokens = self._lm_loss(hidden, labels, getattr(out, "logits", None))
+            # one LLM pass per conversation: no compute spent on padding (sequence lengths vary 3x)
+            lm_sum = self.device_zero()
+            for item in prepared:
+                labels = torch.tensor([item["labels"]], device=self.device)
+                attention = torch.ones_like(labels)
+                if _accepts(self.llm.forward, "with_logits"):
+                    out = self.llm.forward(item["embeds"][None], attention, with_logits=False)
+                else:
+                    out = self.llm.forward(item["embeds"][None], attention)
+                hidden.append(out.hidden_states[0])
+                mean, count = self._lm_loss(out.hidden_states, labels, getattr(out, "logits", None))
+                lm_sum, answer_tokens = lm_sum + mean * count, answer_tokens + count
+            lm_loss = lm_sum / max(answer_tokens, 1)
         bce_total = dice_total = self.device_zero()
         masks_total, key_frame_logits, pred_masks = 0, [], []
         for row, item in enumerate(prepared):
@@ -307,7 +313,7 @@ class SamaModel(nn.Module):
             if box_phase:
                 logits, targets = self._box_logits(item["video"], item["seg_targets"])
             elif positions:
-                logits, targets = self._seg_logits(hidden[row, positions], item["video"], item["seg_targets"])
+                logits, targets = self._seg_logits(hidden[row][positions], item["video"], item["seg_targets"])
             else:
                 logits = targets = None
             if logits is not None and logits.shape[0]:
@@ -316,7 +322,7 @@ class SamaModel(nn.Module):
                 masks_total += logits.shape[0]
             key_frame_logits.append(None if logits is None or box_phase else logits.detach().reshape(len(positions), -1, *logits.shape[1:]))
             if not self.training and run_llm and not box_phase:
-                pred_masks.append(self._all_frame_logits(hidden[row, positions], item))
+                pred_masks.append(self._all_frame_logits(hidden[row][positions], item))
         bce_loss = bce_total / max(masks_total, 1)
         dice_loss = dice_total / max(masks_total, 1)
         loss = lm_weight * lm_loss + bce_weight * bce_loss + dice_weight * dice_loss
@@ -647,21 +653,6 @@ def _fill(embeds: torch.Tensor, ids: Sequence[int], placeholders, values: torch.
         return embeds
     index = torch.tensor(positions, device=embeds.device)
     return embeds.index_put((index,), values.to(embeds.dtype))
-
-
-def _pad(embeds: list[torch.Tensor], labels: list[list[int]]):
-    length = max(e.shape[0] for e in embeds)
-    batch, dim = len(embeds), embeds[0].shape[-1]
-    padded = embeds[0].new_zeros(batch, length, dim)
-    attention = torch.zeros(batch, length, dtype=torch.long, device=embeds[0].device)
-    label_tensor = torch.full((batch, length), -100, dtype=torch.long, device=embeds[0].device)
-    rows = []
-    for row, (e, l) in enumerate(zip(embeds, labels)):
-        rows.append(F.pad(e, (0, 0, 0, length - e.shape[0])))
-        attention[row, : e.shape[0]] = 1
-        label_tensor[row, : len(l)] = torch.tensor(l, dtype=torch.long)
-    padded = torch.stack(rows)
-    return padded, attention, label_tensor
 
 
 def region_geometry(masks: torch.Tensor, grid: tuple[int, int], shape_size: int):
