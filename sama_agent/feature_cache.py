@@ -17,6 +17,7 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
+import torch
 
 DEFAULT_BUDGET_BYTES = 2 << 30  # 2 GiB of float32 features
 
@@ -63,7 +64,8 @@ class CachedEncoding:
         if missing:
             unique = list(dict.fromkeys(keys[i] for i in missing))
             first = {key: next(i for i in missing if keys[i] == key) for key in unique}
-            encoded = self._grounding.encode_uint8(np.stack([frames[first[key]] for key in unique]))
+            with torch.no_grad():  # cached for inference: keep no autograd graph alive
+                encoded = self._grounding.encode_uint8(np.stack([frames[first[key]] for key in unique]))
             for position, key in enumerate(unique):
                 self._store(key, _own_copy(encoded.frame(position)))
         self.hits += len(keys) - len(missing)
@@ -129,8 +131,6 @@ def _own_copy(features):
 
 
 def _concatenate(parts: list):
-    import torch
-
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
