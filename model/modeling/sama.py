@@ -118,8 +118,11 @@ class SamaModel(nn.Module):
 
     # ---- construction helpers ---------------------------------------------------------------
     def _aggregator_options(self, registry, channels: int, hidden: int) -> dict:
-        options = {"in_dim": channels, "out_dim": hidden, **self.config.aggregator_options}
         factory = registry.get("aggregator", self.config.aggregator).obj
+        options = dict(self.config.aggregator_options)
+        for key, value in (("in_dim", channels), ("out_dim", hidden)):  # sizes follow the encoder and the LLM
+            if key not in options and _accepts(factory, key):
+                options[key] = value
         grid = getattr(self.encoder, "grid", None)
         if grid is not None and "grid" not in options and _accepts(factory, "grid"):
             options["grid"] = list(grid)
@@ -128,7 +131,11 @@ class SamaModel(nn.Module):
     def _check_llm_tokens(self) -> None:
         ids = getattr(self.llm, "ids", None)
         if not ids or any(t not in ids for t in (SEG, IMG, CTX, REG, VP_OPEN, VP_CLOSE)):
-            raise PluginError(f"llm '{self.config.llm}' must expose token ids for {SEG}, {IMG}, {CTX}, {REG}, {VP_OPEN}, {VP_CLOSE} (attribute `ids`).")
+            raise PluginError(
+                f"llm '{self.config.llm}' must expose token ids for {SEG}, {IMG}, {CTX}, {REG}, {VP_OPEN}, {VP_CLOSE} (attribute `ids`) "
+                "and the prompt helpers of sama_agent.model.modeling.llm.CausalLMAdapter; subclass CausalLMAdapter to wrap any "
+                "transformers causal LM."
+            )
 
     def _apply_freeze(self) -> None:
         names = dict(self.named_parameters())
