@@ -65,6 +65,10 @@ class SamaConfig:
     # Inference: follow a user's region (given on one frame) to the context frames with
     # the segmenter so its feature pools over every frame where it is visible.
     region_propagation: bool = True
+    # How a [SEG] reaches every frame with the model's own SAM2: "memory" (SAM2 memory propagation
+    # from the key-frame prompts) or "per_frame" (every frame decoded on its own with the prompt of
+    # its nearest key frame; no memory modules needed, streamed).
+    propagation: str = "memory"
 
     def __post_init__(self):
         self.validate()
@@ -86,6 +90,8 @@ class SamaConfig:
             problems.append("'key_frame_grid' must be at least 1")
         if not isinstance(self.freeze, list) or not all(isinstance(p, str) for p in self.freeze):
             problems.append("'freeze' must be a list of parameter-name prefixes")
+        if self.propagation not in ("memory", "per_frame"):
+            problems.append(f"'propagation' must be 'memory' or 'per_frame', got '{self.propagation}'")
         if self.mask_points < 1:
             problems.append("'mask_points' must be at least 1")
         if problems:

@@ -144,6 +144,8 @@ class SamaPredictor:
         if seg_hidden.shape[0] == 0:
             return []
         prompts = self.model.seg_prompts(seg_hidden, self.context).cpu()  # (S, K, 256)
+        if self.model.config.propagation == "per_frame" and getattr(self.segmenter, "grounding", None) is self.model.sam2:
+            return self._per_frame_tracks(prompts, phrases)
         object_prompts = {
             s: [Region(frame=frame, embedding=prompts[s, k]) for k, frame in enumerate(self.key_frames)]
             for s in range(prompts.shape[0])
@@ -164,6 +166,25 @@ class SamaPredictor:
                 for index in range(video.num_frames):
                     track.set(index, empty)
         return [tracks[s] for s in sorted(tracks)]
+
+    def _per_frame_tracks(self, prompts: torch.Tensor, phrases: list[str]) -> list[MaskTrack]:
+        """Every frame decoded on its own by the model's SAM2 with its nearest key frame's prompt, streamed."""
+        video, sam2 = self.video, self.model.sam2
+        size = (video.height, video.width)
+        tracks = [MaskTrack(video.height, video.width, label=phrases[s] if s < len(phrases) else "", object_id=s)
+                  for s in range(prompts.shape[0])]
+        nearest = [int(np.argmin([abs(f - k) for k in self.key_frames])) for f in range(video.num_frames)]
+        batch = max(1, sam2.config.encode_batch)
+        prompts = prompts.to(self.model.device)
+        for start in range(0, video.num_frames, batch):
+            chunk = list(range(start, min(start + batch, video.num_frames)))
+            features = sam2.encode_uint8(video.frames(chunk))
+            for s, track in enumerate(tracks):
+                sparse = prompts[s, [nearest[f] for f in chunk]][:, None]
+                logits = sam2.upsample(sam2.decode_masks(features, sparse=sparse, orig_hw=size), size)
+                for f, mask in zip(chunk, (logits[:, 0] > 0).cpu().numpy()):
+                    track.set(f, mask)
+        return tracks
 
     def _decode_embedding(self, video, region: Region) -> np.ndarray:
         """A [SEG] embedding on a key frame -> that frame's mask, by the model's own SAM2."""

@@ -301,3 +301,36 @@ def test_a_segmenter_without_embedding_prompts_gets_key_frame_masks(trained, cli
     for frame in predictor.key_frames:  # the decoded key-frame masks find the memorised square
         guess, expected = track.mask(frame), truth[frame]
         assert (guess & expected).sum() / max((guess | expected).sum(), 1) > 0.5
+
+
+def test_per_frame_propagation_decodes_every_frame(trained, clip):
+    model, _ = trained
+    video, truth = clip
+    model.config.propagation = "per_frame"
+    try:
+        predictor = SamaPredictor(model)
+        predictor.set_video(video)
+        result = predictor.ask(TURN1_Q, [])
+    finally:
+        model.config.propagation = "memory"
+    track = result.tracks[0]
+    assert track.frames == list(range(video.num_frames))
+    guess = track.to_array(video.num_frames)
+    assert (guess & truth).sum() / (guess | truth).sum() > 0.5  # the memorised square on every frame
+
+
+def test_track_phase_trains_sam2_memory_over_context_frames(clip):
+    video, masks = clip
+    model = SamaModel(tiny_config())
+    model.train()
+    sample = square_sample(video.frames(range(video.num_frames)), masks)
+    torch.manual_seed(0)
+    plain = model(sample)
+    model.set_training_phase({"model_phase": "track"})
+    torch.manual_seed(0)
+    tracked = model(sample)
+    tracked.loss.backward()
+    # key-frame masks (2 [SEG] x 2 key frames) + tracked masks (2 [SEG] x 6 context frames)
+    assert plain.num_masks == 4 and tracked.num_masks == 4 + 2 * 6
+    memory = [p.grad for n, p in model.named_parameters() if n.startswith(("sam2.sam2.memory_attention.", "sam2.sam2.memory_encoder."))]
+    assert memory and any(g is not None and g.abs().sum() > 0 for g in memory)

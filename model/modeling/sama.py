@@ -44,7 +44,7 @@ from .grounding_head import GroundingHead, mask_losses
 from .llm import CTX, END, IMG, P_CLOSE, P_OPEN, REG, SEG, VIDEO_CLOSE, VIDEO_OPEN, VP_CLOSE, VP_OPEN
 
 TENSOR_DIGESTS_KEY = "sama_agent.tensor_sha256"
-MODEL_PHASES = ("seg", "full", "mask_prompt")
+MODEL_PHASES = ("seg", "full", "mask_prompt", "track")
 
 
 def evenly_spaced(total: int, count: int) -> list[int]:
@@ -80,6 +80,7 @@ class VideoContext:
     frame_summaries: torch.Tensor  # (K, D)
     sam2_features: Any  # Sam2 FrameFeatures of the key frames
     frame_size: tuple[int, int]  # (H, W) of the frames given
+    sam2_all_features: Any = None  # Sam2 FrameFeatures of every context frame (the "track" phase)
 
 
 @dataclass
@@ -171,16 +172,23 @@ class SamaModel(nn.Module):
         keys = evenly_spaced(len(context), self.config.num_key_frames)
         return context, keys
 
-    def encode_video(self, frames: np.ndarray | torch.Tensor, key_positions: Sequence[int] | None = None) -> VideoContext:
-        """(T, H, W, 3) uint8 context frames -> VideoContext (encoder tokens, key-frame tokens, SAM2 features)."""
+    def encode_video(self, frames: np.ndarray | torch.Tensor, key_positions: Sequence[int] | None = None,
+                     sam2_all_frames: bool = False) -> VideoContext:
+        """(T, H, W, 3) uint8 context frames -> VideoContext (encoder tokens, key-frame tokens, SAM2 features
+        of the key frames, or of every frame with `sam2_all_frames`)."""
         pixels = _to_pixels(frames, self.device)
         if key_positions is None:
             key_positions = evenly_spaced(pixels.shape[0], self.config.num_key_frames)
         key_positions = list(key_positions)
         patch_tokens = self.encoder.encode(pixels)
         key_tokens, summaries = self.key_frame_tokens(patch_tokens[key_positions])
-        sam2_features = self.sam2.encode_frames(pixels[key_positions])
-        return VideoContext(patch_tokens, key_positions, key_tokens, summaries, sam2_features, tuple(pixels.shape[-2:]))
+        all_features = None
+        if sam2_all_frames:
+            all_features = self.sam2.encode_frames(pixels)
+            sam2_features = all_features.select(key_positions)
+        else:
+            sam2_features = self.sam2.encode_frames(pixels[key_positions])
+        return VideoContext(patch_tokens, key_positions, key_tokens, summaries, sam2_features, tuple(pixels.shape[-2:]), all_features)
 
     def key_frame_tokens(self, patch_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(K, N, C) -> pooled, projected key-frame tokens (K * g * g, D) and per-frame means (K, D)."""
@@ -266,8 +274,10 @@ class SamaModel(nn.Module):
     def set_training_phase(self, phase: dict | None) -> None:
         """Curriculum hook (the training runner calls it per phase).
 
-        phase["model_phase"]: "seg" (default; masks from [SEG] prompts) or "mask_prompt" (SAM2 learns
-        from ground-truth boxes on the key frames; the LLM is skipped when its loss weight is 0).
+        phase["model_phase"]: "seg" (default; masks from [SEG] prompts on the key frames), "mask_prompt"
+        (SAM2 learns from ground-truth boxes on the key frames; the LLM is skipped when its loss weight
+        is 0) or "track" (as "seg", plus SAM2 memory tracking from the middle key frame's [SEG] prompt
+        over every context frame, which trains the memory attention and encoder propagation uses).
         phase["loss_weights"]: {"lm": w, "bce": w, "dice": w} overriding the config's weights.
         """
         phase = dict(phase or {})
@@ -297,7 +307,8 @@ class SamaModel(nn.Module):
         lm_weight, bce_weight, dice_weight = self._weights()
         box_phase = getattr(self, "model_phase", "seg") == "mask_prompt"
         run_llm = not box_phase or lm_weight > 0
-        prepared = [self._prepare_sample(s, with_text=run_llm) for s in samples]
+        track_phase = getattr(self, "model_phase", "seg") == "track"
+        prepared = [self._prepare_sample(s, with_text=run_llm, sam2_all_frames=track_phase) for s in samples]
         lm_loss, answer_tokens, hidden = self.device_zero(), 0, []
         if run_llm:
             # one LLM pass per conversation: no compute spent on padding (sequence lengths vary 3x)
@@ -323,10 +334,15 @@ class SamaModel(nn.Module):
                 logits, targets = self._seg_logits(hidden[row][positions], item["video"], item["seg_targets"])
             else:
                 logits = targets = None
-            if logits is not None and logits.shape[0]:
-                bce, dice = mask_losses(logits, targets, self.config.mask_points, self.config.mask_oversample, self.config.mask_importance)
-                bce_total, dice_total = bce_total + bce * logits.shape[0], dice_total + dice * logits.shape[0]
-                masks_total += logits.shape[0]
+            losses = [(logits, targets)]
+            if track_phase and positions:
+                losses.append(self._track_logits(hidden[row][positions], item))
+            for scored, truth in losses:
+                if scored is None or not scored.shape[0]:
+                    continue
+                bce, dice = mask_losses(scored, truth, self.config.mask_points, self.config.mask_oversample, self.config.mask_importance)
+                bce_total, dice_total = bce_total + bce * scored.shape[0], dice_total + dice * scored.shape[0]
+                masks_total += scored.shape[0]
             key_frame_logits.append(None if logits is None or box_phase else logits.detach().reshape(len(positions), -1, *logits.shape[1:]))
             if not self.training and run_llm and not box_phase:
                 pred_masks.append(self._all_frame_logits(hidden[row][positions], item))
@@ -360,6 +376,18 @@ class SamaModel(nn.Module):
             return None, None
         return torch.cat(logits), torch.stack(kept)[:, None].to(logits[0].device)
 
+    def _track_logits(self, seg_hidden: torch.Tensor, item: dict):
+        """SAM2 memory tracking over the context frames, every [SEG] prompted on the middle key frame
+        -> logits (S * T, 1, h, w) and targets (S * T, 1, H, W)."""
+        video = item["video"]
+        middle = len(video.key_positions) // 2
+        prompts = self.seg_head(seg_hidden, video.frame_summaries)[:, middle]  # (S, 256)
+        logits = self.sam2.track_logits(video.sam2_all_features, prompt_frame=video.key_positions[middle],
+                                        sparse=prompts[:, None], orig_hw=video.frame_size)  # (T, S, h, w)
+        segs, frames = prompts.shape[0], logits.shape[0]
+        targets = torch.from_numpy(item["all_targets"][:, item["context_positions"]]).to(logits.device)  # (S, T, H, W)
+        return logits.transpose(0, 1).reshape(segs * frames, 1, *logits.shape[-2:]), targets.reshape(segs * frames, 1, *targets.shape[-2:])
+
     @torch.no_grad()
     def _all_frame_logits(self, seg_hidden: torch.Tensor, item: dict) -> list[torch.Tensor]:
         """Per turn, (S, T, h, w) logits on every sampled frame, each decoded with its nearest key frame's prompt."""
@@ -379,12 +407,12 @@ class SamaModel(nn.Module):
             start += count
         return per_turn
 
-    def _prepare_sample(self, sample: ConversationSample, with_text: bool = True) -> dict:
+    def _prepare_sample(self, sample: ConversationSample, with_text: bool = True, sam2_all_frames: bool = False) -> dict:
         frames = np.asarray(sample.frames)
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"sample {sample.video_id}: frames must be (T, H, W, 3) uint8, got {frames.shape}")
         context_positions, key_positions = self.frame_positions(len(frames))
-        video = self.encode_video(frames[context_positions], key_positions)
+        video = self.encode_video(frames[context_positions], key_positions, sam2_all_frames=sam2_all_frames)
         embeds, labels, seg_positions = None, [], []
         if with_text:
             pieces = self.conversation_pieces(video, sample, context_positions)
@@ -400,7 +428,7 @@ class SamaModel(nn.Module):
         absolute_keys = [context_positions[k] for k in key_positions]
         seg_targets = torch.from_numpy(targets[:, absolute_keys]) if len(targets) else None
         return {"embeds": embeds, "labels": labels, "seg_positions": seg_positions, "video": video, "seg_targets": seg_targets,
-                "frames": frames, "context_positions": context_positions, "segs_per_turn": segs_per_turn}
+                "frames": frames, "context_positions": context_positions, "segs_per_turn": segs_per_turn, "all_targets": targets}
 
     def _lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor | None) -> tuple[torch.Tensor, int]:
         """Cross-entropy of next-token prediction on label positions only (logits computed only there)."""
