@@ -10,7 +10,7 @@ from .errors import CheckpointError, VideoError
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL_NAME = "sama-default"
 SAMPLE_VIDEO_NAME = "sample.mp4"
-TRAIN_HINT = "sama-agent train --config training/configs/default.yaml"
+TRAIN_HINT = "sama-agent train --config training/configs/sama-default.json"
 MODEL_ENV_VAR = "SAMA_AGENT_MODEL"
 HOME_ENV_VAR = "SAMA_AGENT_HOME"
 
