@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SQUARE_QUESTION = "please segment the red square ."
 REGION_QUESTION = "what is <mask> doing ?"
@@ -140,3 +141,15 @@ def _train(out: Path) -> Path:
     model.eval()
     (out / "train.mp4").unlink()
     return model.save_pretrained(out)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and two threads on two cores that other
+    jobs also use slow torch down many times over; restore the setting afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from session_helpers import SQUARE_QUESTION, square_clip_mp4, trained_model_dir
+from session_helpers import SQUARE_QUESTION, square_clip_mp4, one_torch_thread, trained_model_dir  # noqa: F401 (fixture)
 from sama_agent.cli import build_cli
 from sama_agent.masks import MaskStore
 
@@ -34,7 +34,7 @@ class Repl:
     """The interactive chat in its own process, driven line by line through its stdin."""
 
     def __init__(self, *args):
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # as one_torch_thread does in-process
         self.process = subprocess.Popen([str(SAMA_AGENT), "chat", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True, env=env)
 
@@ -134,3 +134,10 @@ def test_missing_files_are_named(args, expected):
 def test_a_missing_checkpoint_says_how_to_train_one(clip, tmp_path):
     result = CliRunner().invoke(build_cli(), ["chat", "--video", str(clip[0]), "--model", str(tmp_path), "--ask", "hi", "--quiet"])
     assert result.exit_code != 0 and "no config.json" in result.output
+
+
+def test_without_a_checkpoint_the_error_says_how_to_train_one(clip, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMA_AGENT_MODEL", str(tmp_path / "empty"))
+    result = CliRunner().invoke(build_cli(), ["chat", "--video", str(clip[0]), "--ask", "hi", "--quiet"])
+    assert result.exit_code != 0
+    assert "sama-agent train --config" in result.output and "--model DIR" in result.output

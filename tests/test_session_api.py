@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from session_helpers import GROUNDED_ANSWER, SQUARE_QUESTION, square_clip_mp4, trained_model_dir
+from session_helpers import GROUNDED_ANSWER, SQUARE_QUESTION, square_clip_mp4, one_torch_thread, trained_model_dir  # noqa: F401 (fixture)
 from sama_agent.errors import MaskHandleError, RegionError, VideoError
 from sama_agent.masks import MaskStore, MaskTrack
 from sama_agent.session import Session, annotate, feature_cache_of

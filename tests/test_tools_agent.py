@@ -4,7 +4,7 @@ import numpy as np
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-from session_helpers import SQUARE_QUESTION, square_clip_mp4, trained_model_dir
+from session_helpers import SQUARE_QUESTION, square_clip_mp4, one_torch_thread, trained_model_dir  # noqa: F401 (fixture)
 from sama_agent.masks import MaskStore
 from sama_agent.regions import parse_region
 from sama_agent.tools import sama_toolkit

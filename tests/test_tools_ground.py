@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from session_helpers import SQUARE_QUESTION, square_clip_mp4, trained_model_dir
+from session_helpers import SQUARE_QUESTION, square_clip_mp4, one_torch_thread, trained_model_dir  # noqa: F401 (fixture)
 from sama_agent.masks import MaskStore
 from sama_agent.session import SessionPool
 from sama_agent.tools import merge_regions, sama_toolkit
