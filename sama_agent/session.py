@@ -346,7 +346,17 @@ def load_model(model: Any = None, *, overrides: dict | None = None):
         raise CheckpointError(f"{folder}: not a SAMA checkpoint folder (no config.json). Point --model at a folder written by save_pretrained.")
     from .model.modeling.sama import SamaModel
 
-    return SamaModel.from_pretrained(folder, **(overrides or {}))
+    return SamaModel.from_pretrained(folder, **_part_overrides(folder, overrides or {}))
+
+
+def _part_overrides(folder: Path, overrides: dict) -> dict:
+    """A part swapped for another plugin starts from that plugin's own options, not the old part's."""
+    saved = json.loads((folder / "config.json").read_text())
+    result = dict(overrides)
+    for part in ("encoder", "llm", "aggregator", "segmenter"):
+        if part in overrides and overrides[part] != saved.get(part) and f"{part}_options" not in overrides:
+            result[f"{part}_options"] = {}
+    return result
 
 
 def _is_torch_module(obj: Any) -> bool:

@@ -141,3 +141,27 @@ def test_without_a_checkpoint_the_error_says_how_to_train_one(clip, tmp_path, mo
     result = CliRunner().invoke(build_cli(), ["chat", "--video", str(clip[0]), "--ask", "hi", "--quiet"])
     assert result.exit_code != 0
     assert "sama-agent train --config" in result.output and "--model DIR" in result.output
+
+
+def test_segmenter_plugin_is_picked_by_name(clip, tmp_path):
+    from sama_agent.plugins import get_registry
+
+    others = [name for name in get_registry().names("segmenter") if name != "sam2"]
+    if not others:
+        pytest.skip("no third-party segmenter plugin is installed")
+    result = chat("--video", str(clip[0]), "--segmenter", others[0], "--ask", SQUARE_QUESTION,
+                  "--session-dir", str(tmp_path), "--json", "--no-render")
+    assert result.exit_code == 0, result.output
+    turn = events(result.output)[-1]
+    track = MaskStore(tmp_path).get(turn["handles"][0])
+    assert track.frames == list(range(len(clip[2])))
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--encoder", "no-such-encoder"], "no encoder named 'no-such-encoder'"),
+    (["--segmenter", "no-such-segmenter"], "no segmenter named 'no-such-segmenter'"),
+    (["--encoder", "efficientnet-lite0"], "load it with the config it was saved with"),
+])
+def test_swapped_parts_that_do_not_exist_or_fit_are_refused(clip, args, expected):
+    result = chat("--video", str(clip[0]), "--ask", "hi", *args)
+    assert result.exit_code != 0 and expected in result.output, result.output
