@@ -233,7 +233,7 @@ class Session:
             label = labels[index] if index < len(labels) and labels[index] else f"object {index + 1}"
             if not track.label:
                 track.label = label
-            handle = self.store.add(track, video=str(self.video.path))
+            handle = self.store.add(track, video=str(self.video.path.resolve()))
             phrases.append(GroundedPhrase(label, handle, tuple(track.frames_present)))
         answer = GroundedAnswer(
             text=_plain(raw),
@@ -268,6 +268,12 @@ class Session:
 
     def track(self, handle: str) -> MaskTrack:
         return self.store.get(handle)
+
+    def close(self) -> None:
+        """Free the cached frame features; the stored masks and session.json stay."""
+        cache = feature_cache_of(self.answerer)
+        if cache is not None:
+            cache.clear()
 
     @property
     def turns(self) -> int:
@@ -428,6 +434,14 @@ class SessionPool:
         if self._loaded_model is None:
             self._loaded_model = load_model(self.model, overrides=self.model_overrides)
         return predictor_for(self._loaded_model, self.segmenter)
+
+    def close(self, session_id: str) -> None:
+        """Close one session and forget it; its masks stay in the store."""
+        session = self.get(session_id)
+        with self._lock:
+            self.sessions.pop(session.id, None)
+            self._by_video = {key: sid for key, sid in self._by_video.items() if sid != session.id}
+        session.close()
 
     def __len__(self) -> int:
         return len(self.sessions)

@@ -119,3 +119,15 @@ def test_merge_regions():
     assert merge_regions("describe", None) == "describe"
     with pytest.raises(SamaError):
         merge_regions("<mask>", [region, region])
+
+
+def test_closing_a_session_frees_it_and_keeps_its_masks(store, clip):
+    pool = SessionPool(store, model=trained_model_dir())
+    session = pool.for_video(clip[0])
+    handle = session.ask(SQUARE_QUESTION).handles[0]
+    pool.close(session.id)
+    assert len(pool) == 0
+    with pytest.raises(SamaError, match="no open session"):
+        pool.get(session.id)
+    assert handle in store
+    assert pool.for_video(clip[0]).id != session.id  # the video opens afresh
