@@ -12,7 +12,9 @@ from PIL import Image
 
 from session_helpers import SQUARE_QUESTION, square_clip_mp4, one_torch_thread, trained_model_dir  # noqa: F401 (fixture)
 from sama_agent.cli import build_cli
+from sama_agent.defaults import default_sample_video
 from sama_agent.masks import MaskStore
+from sama_agent.video import Video
 
 SAMA_AGENT = Path(sys.executable).parent / "sama-agent"
 
@@ -55,13 +57,15 @@ class Repl:
         return self.process.wait(timeout=120)
 
 
-def test_two_turns_where_turn_two_points_at_turn_one_mask(clip, tmp_path):
-    video, _, masks = clip
+def test_two_turns_where_turn_two_points_at_turn_one_mask(tmp_path):
+    """On the bundled sample video, in the interactive chat (the tests' small model answers)."""
+    video = default_sample_video()
+    frames = Video(video).num_frames
     session_dir = tmp_path / "chat"
     repl = Repl("--video", str(video), "--model", str(trained_model_dir()), "--session-dir", str(session_dir), "--json", "--quiet")
     try:
         opened = repl.read()
-        assert opened["event"] == "opened" and opened["frames"] == len(masks)
+        assert opened["event"] == "opened" and opened["frames"] == frames
         first = repl.say(SQUARE_QUESTION)
         assert first["event"] == "turn" and first["turn"] == 1, first
         handle = first["handles"][0]
@@ -78,13 +82,13 @@ def test_two_turns_where_turn_two_points_at_turn_one_mask(clip, tmp_path):
     turn_dir = Path(files["folder"])
     assert turn_dir == session_dir / "turn_001"
     assert sorted(Path(p).name for p in files["overlays"]) == [f"overlay_frame_{k:05d}.png" for k in sorted(first["key_frames"])]
-    assert Image.open(files["animation"]).n_frames == len(masks)
+    assert Image.open(files["animation"]).n_frames == frames
     # reopen: the masks as written to disk are the masks the store hands out after a restart
     track = MaskStore(session_dir).get(handle)
     rle = json.loads(Path(files["rle"][handle]).read_text())
-    assert rle["handle"] == handle and len(rle["frames"]) == len(masks)
+    assert rle["handle"] == handle and len(rle["frames"]) == frames
     pngs = sorted(Path(files["png_dirs"][handle]).glob("frame_*.png"))
-    assert len(pngs) == len(masks)
+    assert len(pngs) == frames
     for frame, png in enumerate(pngs):
         assert np.array_equal(np.asarray(Image.open(png)) > 0, track.mask(frame))
     transcript = json.loads((session_dir / "session.json").read_text())

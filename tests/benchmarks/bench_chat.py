@@ -8,9 +8,8 @@ all of that. Both are a grounding question whose [SEG] is propagated over the
 whole clip. The model is loaded once, outside the timings: the claim is about
 encoding the video once per session, not about reading weights.
 
-Model and video: the shipped default on the bundled sample video when they are
-installed, otherwise the tests' small trained model on a 32-frame clip
-(`extra_info` says which). `extra_info` also carries process CPU seconds per
+Video: the bundled sample. Model: the shipped default when it is installed,
+otherwise the tests' small trained model (`extra_info` says which). `extra_info` also carries process CPU seconds per
 round, the figure to trust when other jobs share the cores; SAMA_BENCH_THREADS=1
 sets torch threads (two threads on two busy cores slow torch down many times over).
 """
@@ -24,11 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from session_helpers import SQUARE_QUESTION, square_clip_mp4, trained_model_dir
+from session_helpers import SQUARE_QUESTION, trained_model_dir
+from sama_agent.errors import CheckpointError
 from sama_agent.session import Session, feature_cache_of
 
 LATER_TURN_LIMIT = 0.35  # a later turn costs at most this share of the first
 RESULTS: dict[str, dict] = {}
+DEFAULT_QUESTION = "Please segment the orange square."  # an object of the bundled sample video
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -50,16 +51,14 @@ def _cpu() -> float:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
+    from sama_agent.defaults import default_model_dir, default_sample_video
     from sama_agent.model.modeling.sama import SamaModel
 
+    video = default_sample_video()
     try:
-        from sama_agent.defaults import default_model_dir, default_sample_video
-
-        model_dir, video, question, source = default_model_dir(), default_sample_video(), "Please segment the red disc.", "default"
-    except Exception:
-        model_dir = trained_model_dir()
-        video, _, _ = square_clip_mp4(tmp_path_factory.mktemp("clip") / "square32.mp4", frames=32)
-        question, source = SQUARE_QUESTION, "tests' trained tiny model, 32-frame clip"
+        model_dir, question, source = default_model_dir(), DEFAULT_QUESTION, "shipped default model"
+    except CheckpointError:
+        model_dir, question, source = trained_model_dir(), SQUARE_QUESTION, "tests' trained tiny model"
     model = SamaModel.from_pretrained(model_dir)
     return {"model": model, "video": Path(video), "question": question, "source": source,
             "session_dir": tmp_path_factory.mktemp("sessions")}
