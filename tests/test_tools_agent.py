@@ -68,3 +68,21 @@ def test_a_tool_calling_agent_grounds_measures_and_follows_up(tmp_path):
     assert "moves right" in final.content and f"{len(masks)} images" in final.content
     areas = [row["area"] for row in results[2].artifact["per_frame"]]
     assert results[2].artifact["mean_area"] == round(float(np.mean([a for a in areas if a])), 1)
+
+
+def test_the_documented_example_runs(tmp_path, monkeypatch, capsys):
+    """docs/agent-example.md's code block, executed as written (with the tests' model as the default)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "agent-example.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    monkeypatch.setenv("SAMA_AGENT_MODEL", str(trained_model_dir()))
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "agent-example.md", "exec"), namespace)
+    messages = namespace["messages"]
+    assert [m.name for m in messages if isinstance(m, ToolMessage)] == ["sama_ground", "mask_info", "mask_to_region", "sama_ground"]
+    assert all(m.status == "success" for m in messages if isinstance(m, ToolMessage))
+    assert capsys.readouterr().out.strip() == messages[-1].content
+    assert (tmp_path / "agent-session" / "masks").is_dir()
