@@ -393,6 +393,7 @@ class SessionPool:
         self._by_video: dict[str, str] = {}
         self._loaded_model: Any = None
         self._lock = threading.Lock()
+        self._opening = threading.Lock()  # one video is opened at a time
 
     def add(self, session: Session) -> Session:
         with self._lock:
@@ -411,22 +412,22 @@ class SessionPool:
         return session
 
     def for_video(self, path: str | Path) -> Session:
-        """The open session on this video, else a new one."""
+        """The open session on this video, else a new one (opened once even under concurrent calls)."""
         clip = Video(path)  # raises a clear VideoError for a missing or broken file
         key = _video_key(clip.path)
-        with self._lock:
+        with self._opening:
             if key in self._by_video:
                 return self.sessions[self._by_video[key]]
-        session_id = new_session_id()
-        session = Session.open(
-            clip,
-            model=self._answerer_source(),
-            session_dir=self.store.session_dir / "sessions" / session_id,
-            store=self.store,
-            progress=self.progress,
-            session_id=session_id,
-        )
-        return self.add(session)
+            session_id = new_session_id()
+            session = Session.open(
+                clip,
+                model=self._answerer_source(),
+                session_dir=self.store.session_dir / "sessions" / session_id,
+                store=self.store,
+                progress=self.progress,
+                session_id=session_id,
+            )
+            return self.add(session)
 
     def _answerer_source(self) -> Any:
         if isinstance(self.model, Answerer) and not _is_torch_module(self.model):

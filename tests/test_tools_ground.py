@@ -131,3 +131,15 @@ def test_closing_a_session_frees_it_and_keeps_its_masks(store, clip):
         pool.get(session.id)
     assert handle in store
     assert pool.for_video(clip[0]).id != session.id  # the video opens afresh
+
+
+def test_concurrent_calls_on_one_video_share_one_session(tmp_path, clip):
+    from concurrent.futures import ThreadPoolExecutor
+
+    tools = {t.name: t for t in sama_toolkit(store=MaskStore(tmp_path), model=trained_model_dir())}
+    args = {"video": str(clip[0]), "question": SQUARE_QUESTION}
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda i: call(tools["sama_ground"], args, f"c{i}"), range(2)))
+    assert all(a.status == "success" for a in answers), [a.content for a in answers]
+    assert answers[0].artifact["session_id"] == answers[1].artifact["session_id"]
+    assert sorted(a.artifact["turn"] for a in answers) == [1, 2]  # asks on one session run one at a time
