@@ -84,7 +84,7 @@ def _turn(session, question: str, out: "_Printer", *, render: bool) -> bool:
 
 
 def _repl(session, out: "_Printer", *, render: bool) -> None:
-    stdin = click.get_text_stream("stdin")
+    stdin = sys.stdin
     interactive = stdin.isatty()
     if not out.as_json:
         click.echo(REPL_HELP)

@@ -169,3 +169,19 @@ def test_segmenter_plugin_is_picked_by_name(clip, tmp_path):
 def test_swapped_parts_that_do_not_exist_or_fit_are_refused(clip, args, expected):
     result = chat("--video", str(clip[0]), "--ask", "hi", *args)
     assert result.exit_code != 0 and expected in result.output, result.output
+
+
+def test_the_repl_in_plain_text(clip, tmp_path):
+    lines = [SQUARE_QUESTION, ":handles", "what is <region frame=0 box=0,0,9999,5> doing ?", ":reset", ":handles", ":help", ":quit",
+             "never asked"]
+    result = CliRunner().invoke(build_cli(), ["chat", "--model", str(trained_model_dir()), "--quiet", "--video", str(clip[0]),
+                                              "--session-dir", str(tmp_path), "--no-render"], input="\n".join(lines) + "\n")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    handle = next(word for word in out.split() if word.startswith("mask-"))
+    assert f"sama [1]> the red square [{handle}]." in out
+    assert f"turn 1: {handle}  the red square" in out
+    assert "error: " in out and "outside the 128x96 frame" in out
+    assert "conversation reset" in out and "(no masks yet)" in out
+    assert out.count("Commands:") == 2  # the banner and :help
+    assert "never asked" not in out and "sama [2]>" not in out
