@@ -28,7 +28,8 @@ def _load_judge(spec: str | None):
 
 
 @click.command("bench")
-@click.option("--suite", type=click.Choice(SUITES), required=True, help="Benchmark to run.")
+@click.option("--suite", type=click.Choice(SUITES + ("world",)), required=True,
+              help="Benchmark to run; 'world' scores issue 5's bars on a world generator split (needs --split).")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Data folder: records.json, masks.json and the frame folders the records name.")
 @click.option("--split", default=None,
@@ -48,10 +49,18 @@ def _load_judge(spec: str | None):
 @click.option("--judge", default=None, help="CLAIR judge: package.module:factory returning a LangChain chat model.")
 @click.option("--seg-hint", default=None,
               help="Text appended to Bench-G questions whose answer is grounded, e.g. 'Please respond with segmentation masks.'")
-def bench(suite, data_dir, split, model_dir, segmenter, answerer, out_dir, shard, merge_only, similarity, miou_normalizer, judge, seg_hint):
-    """Score a model on SAMA-Bench-G, SAMA-Bench-C or a Ref-VOS set; one JSON per video plus a summary table."""
+@click.option("--limit", type=int, default=None, help="world: score only the first N records of the split.")
+@click.option("--region-frame", type=click.Choice(["largest", "first"]), default="largest", show_default=True,
+              help="world: the frame a <mask> region is shown on (where the object is largest, or where it first shows).")
+def bench(suite, data_dir, split, model_dir, segmenter, answerer, out_dir, shard, merge_only, similarity, miou_normalizer, judge, seg_hint,
+          limit, region_frame):
+    """Score a model on SAMA-Bench-G, SAMA-Bench-C, a Ref-VOS set, or a world split; one JSON per video plus a summary table."""
     from .bench import BenchConfig, BenchRunner, merge, parse_shard
 
+    if suite == "world":
+        return _world(data_dir, split, model_dir, segmenter, answerer, out_dir, limit, region_frame)
+    if limit is not None:
+        raise click.UsageError("--limit is for --suite world only")
     out_dir = out_dir or Path("bench-results") / suite
     try:
         files = {"records_file": f"{split}.json", "masks_file": f"{split}_masks.json"} if split else {}
@@ -101,3 +110,28 @@ def _similarity(suite: str, kind: str):
     from .similarity import default_similarity
 
     return default_similarity(kind)
+
+
+def _world(data_dir, split, model_dir, segmenter, answerer, out_dir, limit, region_frame):
+    """Issue 5's three held-out bars on a world split, in one command."""
+    from .world import WorldConfig, load_world, run_world, summary_table
+
+    if not split:
+        raise click.UsageError("--suite world needs --split (e.g. heldout): the world writes <split>.json and <split>_masks.json")
+    out_dir = out_dir or Path("bench-results") / f"world-{split}"
+    try:
+        data = load_world(data_dir, split)
+        config = WorldConfig(limit=limit, region_frame=region_frame)
+        chosen = _build_answerer(answerer, data, model_dir, segmenter)
+
+        def progress(result):
+            right = sum(i.get("correct", False) for i in result["items"])
+            scored = sum("correct" in i for i in result["items"])
+            click.echo(f"record {result['index']} ({result['video']}): {right}/{scored} answers right ({result['elapsed_s']:.1f}s)", err=True)
+
+        summary = run_world(data, chosen, out_dir, config, progress)
+        click.echo(summary_table(summary, f"world {split} - {chosen.name}"))
+        click.echo(f"per-record results and summary: {out_dir}/summary.json", err=True)
+        return summary
+    except SamaError as exc:
+        raise click.ClickException(str(exc)) from None
