@@ -88,7 +88,10 @@ class WorldEvaluation:
         """Every selected record, in order; `done` maps record index -> an earlier finished result to keep."""
         results = []
         for index in self.indices:
-            result = (done or {}).get(index) or self.evaluate_record(index)
+            if index in (done or {}):
+                results.append(done[index])
+                continue
+            result = self.evaluate_record(index)
             results.append(result)
             if progress:
                 progress(result)

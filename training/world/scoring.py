@@ -4,7 +4,8 @@ Every generated record has `meta.turns[t]` = {"kind", "objects", "refers_to", "e
 `expect` = {"colour", "shape", "texture", "motions"} of the object the turn is about. An answer is
 right when it names what the turn asks for and nothing that contradicts it:
 
-    refer, refer_ground, followup_action   colour, shape and first motion (and the second, if any)
+    refer, refer_ground                    colour, shape and first motion (and the second, if any)
+    followup_action                        the motions ("It moves left."), and no wrong colour or shape
     identify                               colour and shape
     followup_colour / followup_shape       the colour / the shape
     followup_next                          the second motion, or (one motion) that it keeps doing it
@@ -44,7 +45,11 @@ def check_answer(answer: str, turn: dict) -> Verdict | None:
     colour = _names_only(text, expect.get("colour"), {c: [c] for c in COLOURS})
     shape = _names_only(text, expect.get("shape"), {s: [s, PLURALS[s]] for s in SHAPES})
     motions = expect.get("motions") or []
-    if kind in ("refer", "refer_ground", "followup_action"):
+    if kind == "followup_action":  # "What is it doing?": the object is known from the earlier turn
+        motion = all(_says(text, m) for m in motions)
+        wrong = _names_other(text, expect.get("colour"), COLOURS) or _names_other(text, expect.get("shape"), SHAPES, PLURALS)
+        return Verdict(motion and not wrong, motion=motion)
+    if kind in ("refer", "refer_ground"):
         motion = all(_says(text, m) for m in motions)
         seg = "[SEG]" in answer if kind == "refer_ground" else None
         return Verdict(colour and shape and motion and seg is not False, colour, shape, motion, seg)
@@ -101,6 +106,11 @@ def score_records(records: list[dict], answers: dict[str, str]) -> dict:
 
 def _says(text: str, phrase: str) -> bool:
     return f" {phrase} " in text
+
+
+def _names_other(text: str, wanted: str | None, words, plurals: dict | None = None) -> bool:
+    """Does the text name any of `words` other than `wanted` (plural forms too)?"""
+    return any(_says(text, form) for w in words if w != wanted for form in [w] + ([plurals[w]] if plurals else []))
 
 
 def _names_only(text: str, wanted: str | None, words: dict[str, list[str]]) -> bool:
