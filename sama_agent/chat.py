@@ -83,16 +83,29 @@ def _turn(session, question: str, out: "_Printer", *, render: bool) -> bool:
     return True
 
 
+def _read_line(interactive: bool) -> str | None:
+    """One line from the user; None at the end of input. A terminal gets line editing and history."""
+    if interactive:
+        try:
+            import readline  # noqa: F401  (gives input() editing and history)
+        except ImportError:  # pragma: no cover - not on every platform
+            pass
+        try:
+            return input("you> ")
+        except EOFError:
+            click.echo()
+            return None
+    line = sys.stdin.readline()
+    return line or None
+
+
 def _repl(session, out: "_Printer", *, render: bool) -> None:
-    stdin = sys.stdin
-    interactive = stdin.isatty()
+    interactive = sys.stdin.isatty()
     if not out.as_json:
         click.echo(REPL_HELP)
     while True:
-        if interactive:
-            click.echo("you> ", nl=False)
-        line = stdin.readline()
-        if not line:  # end of input
+        line = _read_line(interactive)
+        if line is None:
             break
         question = line.strip()
         if not question:
