@@ -76,7 +76,7 @@ def test_the_documented_example_runs(tmp_path, monkeypatch, capsys):
     from pathlib import Path
 
     text = (Path(__file__).parents[1] / "docs" / "agent-example.md").read_text()
-    (code,) = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    code = re.findall(r"```python\n(.*?)```", text, re.DOTALL)[0]  # the agent loop
     monkeypatch.setenv("SAMA_AGENT_MODEL", str(trained_model_dir()))
     monkeypatch.chdir(tmp_path)
     namespace = {}
