@@ -14,7 +14,7 @@ from sama_agent.regions import Region
 from sama_agent.testing import SegmenterConformance
 from sama_agent.video import Video
 
-from conftest import write_mp4
+from video_files import write_mp4
 
 SMALL = {"variant": "cpu_small", "image_size": 64}
 HW = (48, 64)
