@@ -316,27 +316,28 @@ def build_answerer(model: Any = None, *, segmenter: str | None = None, overrides
 
 
 def predictor_for(model: Any, segmenter: str | None = None) -> Answerer:
-    """A SamaPredictor for one video. The model's own SAM2 gets a per-session feature
-    cache, so a session encodes each frame for segmentation once, not once per turn."""
-    from .model.predictor import SamaPredictor
+    """A predictor for one video. With the model's own SAM2 as segmenter, frame features
+    are cached per session, so a session encodes each frame for segmentation once, not
+    once per turn (both in memory-propagation and per-frame mode)."""
     from .plugins import get_registry
 
     config = model.config
     name = segmenter or config.segmenter
-    registry = get_registry()
     if name == "sam2" and config.segmenter == "sam2":
-        chosen = registry.create("segmenter", "sam2", grounding=CachedEncoding(model.sam2))
-    elif segmenter is None:
-        chosen = None  # the predictor builds the configured plugin with its options
-    else:
-        options = config.segmenter_options if name == config.segmenter else {}
-        chosen = registry.create("segmenter", name, **options)
-    return SamaPredictor(model, segmenter=chosen)
+        from .cached_predictor import CachedPredictor
+
+        return CachedPredictor(model)
+    from .model.predictor import SamaPredictor
+
+    if segmenter is None:
+        return SamaPredictor(model)  # builds the configured plugin with its options
+    options = config.segmenter_options if name == config.segmenter else {}
+    return SamaPredictor(model, segmenter=get_registry().create("segmenter", name, **options))
 
 
 def feature_cache_of(answerer: Any) -> CachedEncoding | None:
-    grounding = getattr(getattr(answerer, "segmenter", None), "grounding", None)
-    return grounding if isinstance(grounding, CachedEncoding) else None
+    cache = getattr(answerer, "feature_cache", None)
+    return cache if isinstance(cache, CachedEncoding) else None
 
 
 def load_model(model: Any = None, *, overrides: dict | None = None):

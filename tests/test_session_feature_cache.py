@@ -68,3 +68,30 @@ def test_the_cache_stays_within_its_budget(grounding, video):
     assert (cache.hits, cache.misses) == (2, 5)
     cache.encode_uint8(clip.frames([0]))  # evicted: encoded again
     assert (cache.hits, cache.misses) == (2, 6)
+
+
+@pytest.mark.parametrize("propagation", ["memory", "per_frame"])
+def test_a_session_answers_exactly_as_the_plain_predictor(propagation, video, tmp_path):
+    """The cache changes where features come from, not the masks: in both propagation modes the
+    session's tracks match the predictor's own, and later turns encode nothing."""
+    from session_helpers import SQUARE_QUESTION
+    from sama_agent.model.modeling.sama import SamaModel
+    from sama_agent.model.predictor import SamaPredictor
+    from sama_agent.session import Session, feature_cache_of
+
+    clip, _ = video
+    model = SamaModel.from_pretrained(trained_model_dir(), propagation=propagation)
+    session = Session.open(clip, model=model, session_dir=tmp_path, progress=False)
+    cache = feature_cache_of(session.answerer)
+    plain = SamaPredictor(model)
+    plain.set_video(clip)
+    for question in (SQUARE_QUESTION, "what is <region frame=3 box=20,30,60,70> doing ?"):
+        answer = session.ask(question)
+        text, regions = session.prepare(question)
+        expected = plain.ask(text, regions)
+        assert answer.raw == expected.raw
+        assert len(answer.handles) == len(expected.tracks) >= 1
+        for handle, track in zip(answer.handles, expected.tracks):
+            ours, theirs = session.store.get(handle).to_array(clip.num_frames), track.to_array(clip.num_frames)
+            assert (ours == theirs).mean() > 0.999
+    assert cache.misses == clip.num_frames
