@@ -185,3 +185,27 @@ def test_the_repl_in_plain_text(clip, tmp_path):
     assert "conversation reset" in out and "(no masks yet)" in out
     assert out.count("Commands:") == 2  # the banner and :help
     assert "never asked" not in out and "sama [2]>" not in out
+
+
+def test_the_shipped_default_on_the_sample_video(tmp_path):
+    """The README's command: no --model, the bundled sample video, a follow-up through a handle."""
+    from sama_agent.defaults import default_model_dir
+    from sama_agent.errors import CheckpointError
+
+    try:
+        default_model_dir()
+    except CheckpointError as exc:
+        pytest.skip(f"the default checkpoint is not installed: {exc}")
+    runner = CliRunner()
+    first = runner.invoke(build_cli(), ["chat", "--quiet", "--json", "--session-dir", str(tmp_path),
+                                        "--ask", "Please segment the orange square."])
+    assert first.exit_code == 0, first.output
+    turn = events(first.output)[-1]
+    assert turn["event"] == "turn" and turn["handles"], turn
+    handle = turn["handles"][0]
+    frame = turn["phrases"][0]["frames_present"][0]
+    second = runner.invoke(build_cli(), ["chat", "--quiet", "--json", "--session-dir", str(tmp_path), "--no-render",
+                                         "--ask", f"What does <region frame={frame} mask={handle}> do in the video?"])
+    assert second.exit_code == 0, second.output
+    assert events(second.output)[-1]["event"] == "turn"
+    assert Path(turn["files"]["animation"]).is_file() and MaskStore(tmp_path).get(handle).frames == list(range(24))
