@@ -28,3 +28,14 @@ def frame_folder(tmp_path):
     for t, frame in enumerate(frames):
         Image.fromarray(frame).save(folder / f"{t}.png")  # natural order: 2 before 10
     return folder, frames
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one thread avoids OpenMP spin-waiting when the cores are shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

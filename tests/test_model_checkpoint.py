@@ -24,13 +24,7 @@ from sama_agent.model.modeling.sam2_model import Sam2Config, Sam2Grounding, buil
 SMALL = {"variant": "cpu_small", "image_size": 64, "trunk": "cnn", "cnn_channels": [8, 16, 24, 32]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waiting when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ sets torch threads (two threads on two busy cores slow torch down many times ove
 """
 from __future__ import annotations
 
-import os
 import resource
 import statistics
 import time
@@ -32,16 +31,6 @@ RESULTS: dict[str, dict] = {}
 DEFAULT_QUESTION = "Please segment the orange square."  # an object of the bundled sample video
 
 
-@pytest.fixture(scope="module", autouse=True)
-def threads():
-    import torch
-
-    wanted = os.environ.get("SAMA_BENCH_THREADS")
-    before = torch.get_num_threads()
-    if wanted:
-        torch.set_num_threads(int(wanted))
-    yield
-    torch.set_num_threads(before)
 
 
 def _cpu() -> float:

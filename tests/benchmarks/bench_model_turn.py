@@ -34,14 +34,6 @@ from sama_agent.video import Video  # noqa: E402
 FRAMES, SIZE = 32, (256, 256)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def threads():
-    wanted = os.environ.get("SAMA_BENCH_THREADS")
-    before = torch.get_num_threads()
-    if wanted:
-        torch.set_num_threads(int(wanted))
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

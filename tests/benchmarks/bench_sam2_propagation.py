@@ -11,7 +11,6 @@ trust when other jobs share the cores; SAMA_BENCH_THREADS=1 sets torch threads).
 """
 from __future__ import annotations
 
-import os
 import time
 
 import cv2
@@ -27,14 +26,6 @@ FRAMES = 32
 SIZE = (480, 640)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def threads():
-    wanted = os.environ.get("SAMA_BENCH_THREADS")
-    before = torch.get_num_threads()
-    if wanted:
-        torch.set_num_threads(int(wanted))
-    yield
-    torch.set_num_threads(before)
 
 
 def cpu_timed(function, cpu_seconds: list):

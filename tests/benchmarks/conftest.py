@@ -5,6 +5,8 @@ collect bench_*.py from this folder too, so one command runs them all:
 
     pytest tests/benchmarks --benchmark-only --benchmark-json=bench.json
 """
+import os
+
 import pytest
 
 
@@ -22,3 +24,16 @@ def _as_path(arg):
     from pathlib import Path
 
     return Path(arg.split("::")[0]).resolve()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bench_threads():
+    """SAMA_BENCH_THREADS pins torch's thread count for steadier figures on a shared machine."""
+    import torch
+
+    wanted = os.environ.get("SAMA_BENCH_THREADS")
+    before = torch.get_num_threads()
+    if wanted:
+        torch.set_num_threads(int(wanted))
+    yield
+    torch.set_num_threads(before)
