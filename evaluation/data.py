@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ import jsonschema
 import numpy as np
 
 from sama_agent.errors import RecordError, SamaError
+from sama_agent.jsonfile import read_json
 from sama_agent.masks import MaskTrack, decode_rle
 from sama_agent.regions import Region
 from sama_agent.schemas import RECORD_SCHEMA, validate_mask_dict, validate_record
@@ -215,17 +215,8 @@ class BenchData:
 
 
 def _load_json(path: Path, kind: type, description: str):
-    if not path.exists():
-        raise BenchError(f"{path}: missing. A benchmark folder holds {RECORDS_FILE} (records) and {MASKS_FILE} (mask dict).")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BenchError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}).") from None
-    except UnicodeDecodeError as exc:
-        raise BenchError(f"{path}: not UTF-8 text ({exc.reason}).") from None
-    if not isinstance(data, kind):
-        raise BenchError(f"{path}: expected {description}, found a JSON {type(data).__name__}.")
-    return data
+    missing = f"missing. A benchmark folder holds {RECORDS_FILE} (records) and {MASKS_FILE} (mask dict)."
+    return read_json(path, BenchError, missing=missing, expected=kind, expected_what=description)
 
 
 def _group_by_video(records: list[dict]) -> list[VideoUnit]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sama_agent.errors import CheckpointError
+from sama_agent.jsonfile import read_json
 
 CONFIG_VERSION = 1
 
@@ -134,13 +135,7 @@ class SamaConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path, **overrides: Any) -> "SamaConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such config file.")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{path}: not valid JSON ({exc}).") from None
+        data = read_json(path, CheckpointError, missing="no such config file.", expected=dict, expected_what="a JSON object of config fields")
         return cls.from_dict(data, **overrides)
 
     from_json = from_json_file

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..jsonfile import read_json
 from .datasets import DatasetConfig
 
 
@@ -182,13 +183,7 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such training config file.")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc}).") from None
+        data = read_json(path, ConfigError, missing="no such training config file.")
         return cls.from_dict(data, where=str(path))
 
     def check(self, where: str = "config") -> None:

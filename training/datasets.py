@@ -19,7 +19,6 @@ dropped silently.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -30,6 +29,7 @@ from PIL import Image
 
 from ..conversation import ConversationSample, Turn
 from ..errors import RecordError
+from ..jsonfile import read_json
 from ..masks import decode_rle
 from ..schemas import validate_record
 from ..video import IMAGE_SUFFIXES
@@ -135,14 +135,8 @@ class SamaDataset:
         return path if path.is_absolute() else self.root / path
 
     def _add_file(self, path: Path) -> None:
-        if not path.exists():
-            raise RecordError(f"{path}: records file not found. Check `root` and `records` in the data config.")
-        try:
-            records = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise RecordError(f"{path}: not valid JSON ({exc}). Records files hold a JSON list of records.") from None
-        if not isinstance(records, list):
-            raise RecordError(f"{path}: expected a JSON list of records, found {type(records).__name__}.")
+        records = read_json(path, RecordError, missing="records file not found. Check `root` and `records` in the data config.",
+                            expected=list, expected_what="a JSON list of records")
         for index, record in enumerate(records):
             try:
                 entry = self._entry(str(path), index, record)
@@ -371,14 +365,8 @@ def _load_mask_sources(root: Path, masks) -> list[tuple[str | None, Mapping]]:
 
 def _read_mask_dict(root: Path, name: str) -> dict:
     path = Path(name) if Path(name).is_absolute() else root / name
-    if not path.exists():
-        raise RecordError(f"{path}: mask dict not found. Check `root` and `masks` in the data config.")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RecordError(f"{path}: not valid JSON ({exc}).") from None
-    if not isinstance(data, dict):
-        raise RecordError(f"{path}: a mask dict is a JSON object {{mask_id: [per-frame RLE or null]}}, found {type(data).__name__}.")
+    data = read_json(path, RecordError, missing="mask dict not found. Check `root` and `masks` in the data config.",
+                     expected=dict, expected_what="a mask dict, a JSON object {mask_id: [per-frame RLE or null]}")
     for key, track in data.items():
         if not isinstance(track, list):
             raise RecordError(f"{path}, mask {key}: expected a list of per-frame RLEs (or null), found {type(track).__name__}.")
