@@ -148,8 +148,6 @@ class Registry:
 
 
 def component_name(kind: str, obj: Any) -> str:
-    if kind == "command":
-        return getattr(obj, "name", None) or repr(obj)
     return getattr(obj, "name", None) or getattr(obj, "__name__", None) or repr(obj)
 
 
