@@ -202,8 +202,8 @@ class BenchData:
     def region(self, mask_id, index: int, what: str) -> Region:
         """The region a `<mask>` points at: its mask on the frame where it is largest.
 
-        The whole track rides along in `meta["track"]` for models that pool a
-        region over every frame where it is visible.
+        The whole track rides along in `Region.track`, as a SAMA-239K `<mask>` is a
+        masklet over every frame where the object is visible.
         """
         volume = self.mask_volume([mask_id], index, what)
         areas = volume.reshape(len(volume), -1).sum(axis=1)
@@ -211,7 +211,7 @@ class BenchData:
             raise BenchError(f"{self.where(index)}, {what}: mask {mask_id} is empty on every frame; the region cannot be shown")
         frame = int(areas.argmax())
         track = MaskTrack.from_masks({t: volume[t] for t in range(len(volume)) if areas[t] > 0}, label=f"mask {mask_id}")
-        return Region(frame=frame, mask=volume[frame], mask_ref=f"bench:{mask_id}", meta={"track": track, "mask_id": str(mask_id)})
+        return Region(frame=frame, mask=volume[frame], mask_ref=f"bench:{mask_id}", track=track, meta={"mask_id": str(mask_id)})
 
 
 def _load_json(path: Path, kind: type, description: str):

@@ -12,7 +12,7 @@ real history: the answerer keeps its own earlier answers in context, as chat
 does. A `<mask>` in a question is given as the object's mask on one frame
 (`region_frame`: "largest" = where it shows most pixels, as the bench runner
 does, or "first" = where it first shows), with the whole track in
-`Region.meta["track"]`.
+`Region.track` (a SAMA-239K `<mask>` is a masklet over the video).
 
 Scores (kinds from `meta.turns[t].kind`, see training/world/language.py):
 
@@ -130,7 +130,7 @@ class WorldEvaluation:
             raise BenchError(f"{self.data.where(index)}, {what}: mask {mask_id} is empty on every frame; the region cannot be shown")
         track = MaskTrack.from_masks({int(t): volume[t] for t in shown}, label=f"mask {mask_id}")
         frame = int(shown[0])
-        return Region(frame=frame, mask=volume[frame], mask_ref=f"world:{mask_id}", meta={"track": track, "mask_id": str(mask_id)})
+        return Region(frame=frame, mask=volume[frame], mask_ref=f"world:{mask_id}", track=track, meta={"mask_id": str(mask_id)})
 
     def _ask(self, question: str, regions, where: str) -> Answer:
         try:

@@ -58,6 +58,7 @@ class SamaConfig:
     lm_loss_weight: float = 1.0
     bce_loss_weight: float = 2.0
     dice_loss_weight: float = 0.5
+    where_loss_weight: float = 1.0  # the grounding head's where-map (seg_head_options.where), if it has one
     mask_points: int = 1024  # point-sampled mask loss: points per mask
     mask_oversample: float = 3.0
     mask_importance: float = 0.75

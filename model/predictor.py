@@ -121,15 +121,20 @@ class SamaPredictor:
 
     # ---- regions -> per-context-frame masks ------------------------------------------------------
     def region_masks(self, region: Region) -> np.ndarray:
-        """(T, H, W) bool over the context frames: the region followed to every context frame by the
-        segmenter (so its feature pools over all frames where it is visible), else its prompt mask
-        on the nearest context frame."""
+        """(T, H, W) bool over the context frames: the region's own track when it has one (a mask
+        handle, a dataset masklet), else the region followed to every context frame by the segmenter
+        (so its feature pools over all frames where it is visible), else its prompt mask on the
+        nearest context frame."""
         video = self.video
         if region.mask is None and region.mask_ref is not None:
             raise RegionError(f"{region.to_text()}: resolve the mask reference first (Region.resolve(store)).")
         region.validate(video.height, video.width, video.num_frames)
         masks = np.zeros((len(self.context_frames), video.height, video.width), bool)
-        if self.model.config.region_propagation and region.kinds <= set(self.segmenter.prompt_kinds):
+        if region.track is not None:
+            for slot, frame in enumerate(self.context_frames):
+                if frame in region.track.rles:
+                    masks[slot] = region.track.mask(frame)
+        elif self.model.config.region_propagation and region.kinds <= set(self.segmenter.prompt_kinds):
             wanted = sorted(set(self.context_frames))
             for index, found in self.segmenter.propagate(video, {0: [region]}, frames=wanted):
                 if index in self.context_frames and 0 in found:
@@ -145,7 +150,7 @@ class SamaPredictor:
             return []
         prompts = self.model.seg_prompts(seg_hidden, self.context).cpu()  # (S, K, 256)
         if self.model.config.propagation == "per_frame" and getattr(self.segmenter, "grounding", None) is self.model.sam2:
-            return self._per_frame_tracks(prompts, phrases)
+            return self._per_frame_tracks(prompts, phrases, seg_hidden)
         object_prompts = {
             s: [Region(frame=frame, embedding=prompts[s, k]) for k, frame in enumerate(self.key_frames)]
             for s in range(prompts.shape[0])
@@ -167,8 +172,9 @@ class SamaPredictor:
                     track.set(index, empty)
         return [tracks[s] for s in sorted(tracks)]
 
-    def _per_frame_tracks(self, prompts: torch.Tensor, phrases: list[str]) -> list[MaskTrack]:
-        """Every frame decoded on its own by the model's SAM2 with its nearest key frame's prompt, streamed."""
+    def _per_frame_tracks(self, prompts: torch.Tensor, phrases: list[str], seg_hidden: torch.Tensor) -> list[MaskTrack]:
+        """Every frame decoded on its own by the model's SAM2 with its nearest key frame's prompt (and, when
+        the grounding head makes where-maps, that frame's own dense prompt), streamed."""
         video, sam2 = self.video, self.model.sam2
         size = (video.height, video.width)
         tracks = [MaskTrack(video.height, video.width, label=phrases[s] if s < len(phrases) else "", object_id=s)
@@ -178,10 +184,13 @@ class SamaPredictor:
         prompts = prompts.to(self.model.device)
         for start in range(0, video.num_frames, batch):
             chunk = list(range(start, min(start + batch, video.num_frames)))
-            features = sam2.encode_uint8(video.frames(chunk))
+            pixels = video.frames(chunk)
+            features = sam2.encode_uint8(pixels)
+            dense = self.model.frame_where_prompts(seg_hidden, pixels)  # (S, len(chunk), 1, h, w) or None
             for s, track in enumerate(tracks):
                 sparse = prompts[s, [nearest[f] for f in chunk]][:, None]
-                logits = sam2.upsample(sam2.decode_masks(features, sparse=sparse, orig_hw=size), size)
+                logits = sam2.decode_masks(features, sparse=sparse, orig_hw=size, mask_inputs=None if dense is None else dense[s])
+                logits = sam2.upsample(logits, size)
                 for f, mask in zip(chunk, (logits[:, 0] > 0).cpu().numpy()):
                     track.set(f, mask)
         return tracks

@@ -31,7 +31,10 @@ class Region:
 
     box: (x0, y0, x1, y1); points: ((x, y), ...) with labels 1 = positive, 0 = negative;
     mask: (H, W) bool; mask_ref: the handle or path the mask came from;
-    embedding: a (256,) float tensor, the SAM2-style sparse prompt a grounding head makes.
+    embedding: a (256,) float tensor, the SAM2-style sparse prompt a grounding head makes;
+    track: the object's masks over many frames (a `MaskTrack`: a mask handle's whole track, or a
+    dataset masklet). A model that reads a region over the whole video uses it as is, instead of
+    following the one-frame prompt through the video; frames the track lacks count as not visible.
     """
 
     frame: int
@@ -41,6 +44,7 @@ class Region:
     mask: np.ndarray | None = None
     mask_ref: str | None = None
     embedding: Any = None
+    track: Any = None
     meta: dict = field(default_factory=dict)
 
     @property
@@ -80,6 +84,8 @@ class Region:
                 raise RegionError(f"{text}: the mask is empty on frame {self.frame}; choose a frame where the object is visible.")
         if not self.kinds:
             raise RegionError(f"{text}: give a box, points or a mask.")
+        if self.track is not None and (self.track.height, self.track.width) != (height, width):
+            raise RegionError(f"{text}: its track is {self.track.width}x{self.track.height}, the video is {width}x{height}.")
         return self
 
     def resolve(self, store=None) -> "Region":
@@ -95,7 +101,7 @@ class Region:
                     f"{self.to_text()}: mask {self.mask_ref} has no mask on frame {self.frame}; "
                     f"it covers frames {track.frames_present[:8]}."
                 )
-            return replace(self, mask=track.mask(self.frame))
+            return replace(self, mask=track.mask(self.frame), track=track)
         path = Path(self.mask_ref)
         if not path.exists():
             raise RegionError(f"{self.to_text()}: mask file {path} does not exist.")

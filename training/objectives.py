@@ -2,7 +2,9 @@
 
     model              the model's own loss: `model(sample).loss` (LM + [SEG] mask losses for SamaModel)
     segmenter_prompts  the model's SAM2 learns to segment from box and point prompts taken from the
-                       ground-truth masks (no LLM involved). On CPU a randomly initialised segmenter
+                       ground-truth masks (no LLM involved), and - when the model's grounding head makes
+                       where-maps - from the coarse dense prompt such a map gives (the mask pooled to the
+                       encoder's patch grid), so it learns to outline the object a where-map points at. On CPU a randomly initialised segmenter
                        barely learns from [SEG] prompts alone (DESIGN.md section 8); learning masks from
                        geometric prompts first gives its decoder and trunk something they can learn
                        quickly, which [SEG] grounding then builds on.
@@ -30,7 +32,8 @@ def model_objective(model: nn.Module, sample: ConversationSample):
 
 
 def segmenter_prompt_objective(model: nn.Module, sample: ConversationSample, count: int = PROMPTS_PER_SAMPLE):
-    """SAM2 mask loss from prompts made from the truth: half boxes (jittered), half 1-3 positive points."""
+    """SAM2 mask loss from prompts made from the truth: boxes (jittered), 1-3 positive points, and
+    coarse where-map prompts when the model has a where-map grid - in equal shares."""
     from ..model.modeling.grounding_head import mask_losses
 
     sam2 = _segmenter_of(model)
@@ -44,19 +47,24 @@ def segmenter_prompt_objective(model: nn.Module, sample: ConversationSample, cou
     height, width = sample.frames.shape[1:3]
     masks = [torch.from_numpy(np.ascontiguousarray(volume[frame])) for volume, frame in chosen]
     slots = [frames_needed.index(frame) for _, frame in chosen]
-    use_box = torch.rand(len(chosen)) < 0.5
+    grid = _where_grid(model)
+    kinds = ("box", "points", "where") if grid else ("box", "points")
+    drawn = torch.randint(0, len(kinds), (len(chosen),))
     logits, targets = [], []
-    for kind in (True, False):
-        members = [i for i in range(len(chosen)) if bool(use_box[i]) == kind]
+    for number, kind in enumerate(kinds):
+        members = [i for i in range(len(chosen)) if int(drawn[i]) == number]
         if not members:
             continue
         selected = features.select([slots[i] for i in members])
-        if kind:
+        if kind == "box":
             boxes = torch.stack([_jittered_box(masks[i], height, width) for i in members])
             logits.append(sam2.decode_masks(selected, boxes=boxes, orig_hw=(height, width)))
-        else:
+        elif kind == "points":
             points, labels = _positive_points([masks[i] for i in members])
             logits.append(sam2.decode_masks(selected, points=(points, labels), orig_hw=(height, width)))
+        else:
+            dense = _coarse_where_prompt(torch.stack([masks[i] for i in members]), grid)
+            logits.append(sam2.decode_masks(selected, mask_inputs=dense, orig_hw=(height, width)))
         targets += [masks[i] for i in members]
     logits = torch.cat(logits)
     targets = torch.stack(targets)[:, None].float()
@@ -106,6 +114,25 @@ def box_prompt_iou(model: nn.Module, sample: ConversationSample, frames: list[in
                 union = (predicted | truth).sum().item()
                 scores.append((predicted & truth).sum().item() / union if union else 1.0)
     return scores
+
+
+def _where_grid(model: nn.Module) -> tuple[int, int] | None:
+    """The patch grid of the model's where-maps, or None when its grounding head makes none."""
+    head, encoder = getattr(model, "seg_head", None), getattr(model, "encoder", None)
+    if not getattr(head, "where", False) or getattr(encoder, "grid", None) is None:
+        return None
+    return tuple(int(v) for v in encoder.grid)
+
+
+def _coarse_where_prompt(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W) masks -> (B, 1, h, w) dense prompts as a good where-map would give: the mask's share
+    per grid cell as a distribution, mixed with a little uniform mass, through `dense_prompt`."""
+    from ..model.modeling.grounding_head import dense_prompt
+
+    pooled = F.adaptive_avg_pool2d(masks[:, None].float(), grid)[:, 0]
+    share = pooled / pooled.flatten(1).sum(1).clamp_min(1e-6)[:, None, None]
+    cells = grid[0] * grid[1]
+    return dense_prompt((0.9 * share + 0.1 / cells).log())
 
 
 def has_segmenter(model: nn.Module) -> bool:

@@ -13,8 +13,9 @@
    this turn -> (T, D).
 4. Region tokens: a region's feature is pooled over *every* frame where it is
    visible (weights = its mask on the patch grid; deterministic), plus a shape
-   feature from its normalised box and a small canonical crop of its mask ->
-   (R, 2, D), placed between `<vp>` and `</vp>`.
+   feature from its normalised box and a small canonical crop of its mask
+   (and, with `region_cues=True`, its pixel colour and path, region_cues.py)
+   -> (R, 2, D), placed between `<vp>` and `</vp>`.
 
 A is the aggregator width, D the LLM hidden size, C the encoder channels.
 """
@@ -25,6 +26,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .region_cues import CUE_DIM
 
 
 class CrossBlock(nn.Module):
@@ -71,7 +74,7 @@ class SpatioTemporalQFormer(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, dim: int = 128, heads: int = 4, spatial_queries: int = 8,
                  temporal_queries: int = 16, spatial_layers: int = 1, temporal_layers: int = 2,
                  context_layers: int = 1, window: int = 16, grid: tuple[int, int] | list | None = None,
-                 shape_size: int = 16, max_frames: int = 256):
+                 shape_size: int = 16, max_frames: int = 256, region_cues: bool = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"st-qformer: dim {dim} must be divisible by heads {heads}")
@@ -89,7 +92,9 @@ class SpatioTemporalQFormer(nn.Module):
         self.context_score = nn.Linear(dim, 1)
         self.context_out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, out_dim))
         self.region_feature = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, dim), nn.GELU(), nn.Linear(dim, out_dim))
-        shape_inputs = 4 + 2 + shape_size * shape_size  # box, (area, visible fraction), canonical mask crop
+        self.region_cues = bool(region_cues)
+        # box, (area, visible fraction), canonical mask crop [, colour and path cues (region_cues.py)]
+        shape_inputs = 4 + 2 + shape_size * shape_size + (CUE_DIM if self.region_cues else 0)
         self.region_shape = nn.Sequential(nn.Linear(shape_inputs, dim), nn.GELU(), nn.Linear(dim, out_dim))
 
     # ---- positions ------------------------------------------------------------------------
@@ -158,9 +163,10 @@ class SpatioTemporalQFormer(nn.Module):
         return self.context_out(context)
 
     def region_tokens(self, patch_tokens: torch.Tensor, region_masks: torch.Tensor, region_boxes: torch.Tensor,
-                      shape_masks: torch.Tensor | None = None) -> torch.Tensor:
+                      shape_masks: torch.Tensor | None = None, cues: torch.Tensor | None = None) -> torch.Tensor:
         """patch_tokens (T, N, C); region_masks (R, T, h, w) in [0, 1] on the patch grid; region_boxes (R, 4)
-        normalised; shape_masks (R, S, S) the region's mask cropped to its box (optional) -> (R, 2, D)."""
+        normalised; shape_masks (R, S, S) the region's mask cropped to its box (optional); cues (R, CUE_DIM)
+        pixel colour and path cues (needed when built with region_cues=True) -> (R, 2, D)."""
         count, patches = patch_tokens.shape[:2]
         regions = region_masks.shape[0]
         if regions == 0:
@@ -182,7 +188,13 @@ class SpatioTemporalQFormer(nn.Module):
             shape_masks = _crop_to_box(region_masks.amax(dim=1), region_boxes, self.shape_size)
         elif shape_masks.shape[-2:] != (self.shape_size, self.shape_size):
             shape_masks = F.interpolate(shape_masks[:, None].float(), size=(self.shape_size,) * 2, mode="area")[:, 0]
-        shape_inputs = torch.cat([region_boxes.to(feature.dtype), area, visible, shape_masks.flatten(1).to(feature.dtype)], dim=1)
+        parts = [region_boxes.to(feature.dtype), area, visible, shape_masks.flatten(1).to(feature.dtype)]
+        if self.region_cues:
+            if cues is None or tuple(cues.shape) != (regions, CUE_DIM):
+                raise ValueError(f"st-qformer was built with region_cues=True: pass cues ({regions}, {CUE_DIM}) "
+                                 "from sama_agent.model.modeling.region_cues.region_cues(masks, pixels)")
+            parts.append(cues.to(feature.dtype))
+        shape_inputs = torch.cat(parts, dim=1)
         shape = self.region_shape(shape_inputs)
         return torch.stack([feature, shape], dim=1)
 

@@ -5,6 +5,15 @@ prompt for SAM2. With `per_frame=True` the prompt is refined per key frame
 from that frame's pooled visual tokens (a prompt can then say "the one on the
 left *in this frame*"); otherwise every key frame gets the same prompt.
 
+With `where=True` the head also says *where* on each frame: the [SEG] state is
+matched against that frame's encoder patch tokens, giving a map over the patch
+grid (log-probabilities that sum to one per frame). The map is learnt directly
+against the ground-truth mask pooled to the grid (`where_loss`) and is handed
+to SAM2 as a dense mask prompt. A small SAM2 learns to pick one object from a
+sparse embedding slowly on CPU (it first learns to light up every object); a
+dense "it is about here" prompt gives it the location and leaves it the
+outline, which it learns quickly.
+
 Losses follow SAMA: sigmoid BCE and dice on point-sampled mask logits, with
 importance sampling toward uncertain points (as in Mask2Former / PointRend).
 """
@@ -18,10 +27,18 @@ from torch import nn
 class GroundingHead(nn.Module):
     """(S, D) [SEG] hidden states (+ (K, D) key-frame summaries) -> (S, K, prompt_dim) sparse prompts."""
 
-    def __init__(self, hidden_size: int, prompt_dim: int = 256, hidden: int = 256, per_frame: bool = False, dropout: float = 0.0):
+    def __init__(self, hidden_size: int, prompt_dim: int = 256, hidden: int = 256, per_frame: bool = False, dropout: float = 0.0,
+                 where: bool = False, patch_dim: int | None = None, where_dim: int = 64):
         super().__init__()
         self.per_frame = per_frame
         self.prompt_dim = prompt_dim
+        self.where = bool(where)
+        if self.where:
+            if not patch_dim:
+                raise ValueError("GroundingHead(where=True) needs patch_dim, the encoder's token channels")
+            self.where_query = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, where_dim))
+            self.where_key = nn.Sequential(nn.LayerNorm(patch_dim), nn.Linear(patch_dim, where_dim))
+            self.where_scale = where_dim ** -0.5
         self.mlp = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, hidden), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(hidden, prompt_dim))
         if per_frame:
@@ -38,6 +55,37 @@ class GroundingHead(nn.Module):
             pairs = torch.cat([seg_hidden[:, None].expand(-1, frames, -1), frame_summaries[None].expand(seg_hidden.shape[0], -1, -1)], -1)
             prompts = prompts + self.frame_mlp(pairs)
         return prompts
+
+
+    def where_maps(self, seg_hidden: torch.Tensor, patch_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """seg_hidden (S, D); patch_tokens (T, N, C) of T frames -> (S, T, h, w) log-probabilities over
+        each frame's patch grid of where the [SEG] object is."""
+        if not self.where:
+            raise ValueError("this grounding head was built without where=True")
+        query = self.where_query(seg_hidden)  # (S, A)
+        keys = self.where_key(patch_tokens)  # (T, N, A)
+        scores = torch.einsum("sa,tna->stn", query, keys) * self.where_scale
+        return scores.log_softmax(dim=-1).reshape(*scores.shape[:2], *grid)
+
+
+def where_loss(log_maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Cross-entropy of (B, h, w) where-maps against (B, H, W) masks pooled to the grid (the share of
+    the object in each cell); frames where the object does not show are left out -> (mean, count)."""
+    grid = log_maps.shape[-2:]
+    pooled = F.adaptive_avg_pool2d(masks[:, None].float(), grid)[:, 0].flatten(1)  # (B, h*w)
+    total = pooled.sum(dim=1)
+    shown = total > 0
+    if not bool(shown.any()):
+        return log_maps.new_zeros(()), 0
+    target = pooled[shown] / total[shown, None]
+    return -(target * log_maps.flatten(1)[shown]).sum(dim=1).mean(), int(shown.sum())
+
+
+def dense_prompt(log_maps: torch.Tensor) -> torch.Tensor:
+    """(B, h, w) where-map log-probabilities -> (B, 1, h, w) dense mask prompt for SAM2: about 0 at
+    the most likely cell, falling with its log-probability, clamped so the scale stays small."""
+    peak = log_maps.flatten(1).amax(dim=1)[:, None, None]
+    return (log_maps - peak).clamp_min(-8.0)[:, None] + 4.0
 
 
 # ---- point-sampled mask losses ----------------------------------------------------------------

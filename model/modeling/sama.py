@@ -40,8 +40,9 @@ from sama_agent.errors import CheckpointError, PluginError
 from sama_agent.regions import PLACEHOLDER
 
 from ..configuration import SamaConfig
-from .grounding_head import GroundingHead, mask_losses
+from .grounding_head import GroundingHead, dense_prompt, mask_losses, where_loss
 from .llm import CTX, END, IMG, P_CLOSE, P_OPEN, REG, SEG, VIDEO_CLOSE, VIDEO_OPEN, VP_CLOSE, VP_OPEN
+from .region_cues import region_cues
 
 TENSOR_DIGESTS_KEY = "sama_agent.tensor_sha256"
 MODEL_PHASES = ("seg", "full", "mask_prompt", "track")
@@ -64,10 +65,14 @@ class SamaOutput:
     num_masks: int = 0
     key_frame_logits: list = field(default_factory=list)  # per sample: (S, K, 1, h, w) low-res logits or None
     pred_masks: list | None = None  # eval mode: per turn (S, T, h, w) logits (a list of those per sample for a batch)
+    where_loss: torch.Tensor | None = None  # the grounding head's where-map loss, when it has one
 
     def log_dict(self) -> dict[str, float]:
-        return {"loss": float(self.loss.detach()), "lm_loss": float(self.lm_loss), "bce_loss": float(self.bce_loss),
-                "dice_loss": float(self.dice_loss), "answer_tokens": self.num_answer_tokens, "masks": self.num_masks}
+        values = {"loss": float(self.loss.detach()), "lm_loss": float(self.lm_loss), "bce_loss": float(self.bce_loss),
+                  "dice_loss": float(self.dice_loss), "answer_tokens": self.num_answer_tokens, "masks": self.num_masks}
+        if self.where_loss is not None:
+            values["where_loss"] = float(self.where_loss)
+        return values
 
 
 @dataclass
@@ -81,6 +86,7 @@ class VideoContext:
     sam2_features: Any  # Sam2 FrameFeatures of the key frames
     frame_size: tuple[int, int]  # (H, W) of the frames given
     sam2_all_features: Any = None  # Sam2 FrameFeatures of every context frame (the "track" phase)
+    pixels: torch.Tensor | None = None  # (T, 3, H, W) context frames in [0, 1], for pixel-level region cues
 
 
 @dataclass
@@ -113,7 +119,10 @@ class SamaModel(nn.Module):
         self.projector = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         sam2_options = dict(config.sam2_options)
         self.sam2 = Sam2Grounding(config=sam2_options)
-        self.seg_head = GroundingHead(hidden, prompt_dim=self.sam2.prompt_dim, **config.seg_head_options)
+        head_options = dict(config.seg_head_options)
+        if head_options.get("where"):
+            head_options.setdefault("patch_dim", channels)
+        self.seg_head = GroundingHead(hidden, prompt_dim=self.sam2.prompt_dim, **head_options)
         self._check_llm_tokens()
         self._apply_freeze()
 
@@ -173,22 +182,25 @@ class SamaModel(nn.Module):
         return context, keys
 
     def encode_video(self, frames: np.ndarray | torch.Tensor, key_positions: Sequence[int] | None = None,
-                     sam2_all_frames: bool = False) -> VideoContext:
+                     sam2_all_frames: bool = False, with_sam2: bool = True) -> VideoContext:
         """(T, H, W, 3) uint8 context frames -> VideoContext (encoder tokens, key-frame tokens, SAM2 features
-        of the key frames, or of every frame with `sam2_all_frames`)."""
+        of the key frames, or of every frame with `sam2_all_frames`; none with `with_sam2=False`)."""
         pixels = _to_pixels(frames, self.device)
         if key_positions is None:
             key_positions = evenly_spaced(pixels.shape[0], self.config.num_key_frames)
         key_positions = list(key_positions)
         patch_tokens = self.encoder.encode(pixels)
         key_tokens, summaries = self.key_frame_tokens(patch_tokens[key_positions])
-        all_features = None
-        if sam2_all_frames:
+        all_features = sam2_features = None
+        if not with_sam2:
+            pass
+        elif sam2_all_frames:
             all_features = self.sam2.encode_frames(pixels)
             sam2_features = all_features.select(key_positions)
         else:
             sam2_features = self.sam2.encode_frames(pixels[key_positions])
-        return VideoContext(patch_tokens, key_positions, key_tokens, summaries, sam2_features, tuple(pixels.shape[-2:]), all_features)
+        return VideoContext(patch_tokens, key_positions, key_tokens, summaries, sam2_features, tuple(pixels.shape[-2:]), all_features,
+                            pixels)
 
     def key_frame_tokens(self, patch_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(K, N, C) -> pooled, projected key-frame tokens (K * g * g, D) and per-frame means (K, D)."""
@@ -211,9 +223,20 @@ class SamaModel(nn.Module):
             return video.patch_tokens.new_zeros(0, 2, self.llm.hidden_size)
         grid_masks, boxes, shapes = region_geometry(masks, _grid(self.encoder, video.patch_tokens.shape[1]),
                                                     getattr(self.aggregator, "shape_size", 16))
+        if getattr(self.aggregator, "region_cues", False):
+            cues = region_cues(masks, self._cue_pixels(video, masks.shape[-2:]))
+            return self.aggregator.region_tokens(video.patch_tokens, grid_masks, boxes, shape_masks=shapes, cues=cues)
         if _accepts(self.aggregator.region_tokens, "shape_masks"):
             return self.aggregator.region_tokens(video.patch_tokens, grid_masks, boxes, shape_masks=shapes)
         return self.aggregator.region_tokens(video.patch_tokens, grid_masks, boxes)
+
+    @staticmethod
+    def _cue_pixels(video: VideoContext, size) -> torch.Tensor:
+        if video.pixels is None:
+            raise ValueError("region cues need the context frames' pixels: build the VideoContext with SamaModel.encode_video")
+        if tuple(video.pixels.shape[-2:]) == tuple(size):
+            return video.pixels
+        return F.interpolate(video.pixels, size=tuple(size), mode="bilinear", align_corners=False)
 
     # ---- prompt assembly ----------------------------------------------------------------------------
     def prefix_piece(self, video: VideoContext) -> PromptPiece:
@@ -285,15 +308,15 @@ class SamaModel(nn.Module):
         if model_phase not in MODEL_PHASES:
             raise ValueError(f"unknown model_phase '{model_phase}'; SamaModel knows {', '.join(MODEL_PHASES)}.")
         weights = dict(phase.get("loss_weights") or {})
-        unknown = sorted(set(weights) - {"lm", "bce", "dice"})
+        unknown = sorted(set(weights) - {"lm", "bce", "dice", "where"})
         if unknown:
-            raise ValueError(f"unknown loss weight(s) {unknown}; use lm, bce and dice.")
+            raise ValueError(f"unknown loss weight(s) {unknown}; use lm, bce, dice and where.")
         self.model_phase, self.loss_weights = model_phase, weights
 
-    def _weights(self) -> tuple[float, float, float]:
+    def _weights(self) -> tuple[float, float, float, float]:
         cfg, override = self.config, getattr(self, "loss_weights", {})
         return (float(override.get("lm", cfg.lm_loss_weight)), float(override.get("bce", cfg.bce_loss_weight)),
-                float(override.get("dice", cfg.dice_loss_weight)))
+                float(override.get("dice", cfg.dice_loss_weight)), float(override.get("where", cfg.where_loss_weight)))
 
     def forward(self, batch: ConversationSample | Sequence[ConversationSample]) -> SamaOutput:
         """Teacher-forced loss over every turn of every conversation in the batch.
@@ -304,11 +327,14 @@ class SamaModel(nn.Module):
         samples = [batch] if isinstance(batch, ConversationSample) else list(batch)
         if not samples:
             raise ValueError("forward needs at least one ConversationSample")
-        lm_weight, bce_weight, dice_weight = self._weights()
+        lm_weight, bce_weight, dice_weight, where_weight = self._weights()
+        use_where = self.seg_head.where and where_weight > 0
         box_phase = getattr(self, "model_phase", "seg") == "mask_prompt"
         run_llm = not box_phase or lm_weight > 0
+        # a text-only phase (mask loss weights 0) never runs SAM2: an LLM step then costs a fraction of a full one
+        run_masks = box_phase or bce_weight > 0 or dice_weight > 0 or not self.training
         track_phase = getattr(self, "model_phase", "seg") == "track"
-        prepared = [self._prepare_sample(s, with_text=run_llm, sam2_all_frames=track_phase) for s in samples]
+        prepared = [self._prepare_sample(s, with_text=run_llm, sam2_all_frames=track_phase, with_sam2=run_masks) for s in samples]
         lm_loss, answer_tokens, hidden = self.device_zero(), 0, []
         if run_llm:
             # one LLM pass per conversation: no compute spent on padding (sequence lengths vary 3x)
@@ -324,10 +350,16 @@ class SamaModel(nn.Module):
                 mean, count = self._lm_loss(out.hidden_states, labels, getattr(out, "logits", None))
                 lm_sum, answer_tokens = lm_sum + mean * count, answer_tokens + count
             lm_loss = lm_sum / max(answer_tokens, 1)
-        bce_total = dice_total = self.device_zero()
-        masks_total, key_frame_logits, pred_masks = 0, [], []
+        bce_total = dice_total = where_total = self.device_zero()
+        masks_total, where_count, key_frame_logits, pred_masks = 0, 0, [], []
         for row, item in enumerate(prepared):
-            positions = item["seg_positions"]
+            if use_where and run_llm and item["seg_positions"]:
+                maps = self.seg_head.where_maps(hidden[row][item["seg_positions"]], item["video"].patch_tokens,
+                                                _grid(self.encoder, item["video"].patch_tokens.shape[1]))  # (S, T, h, w)
+                truth = torch.from_numpy(item["all_targets"][:, item["context_positions"]]).to(maps.device)
+                mean, count = where_loss(maps.flatten(0, 1), truth.flatten(0, 1))
+                where_total, where_count = where_total + mean * count, where_count + count
+            positions = item["seg_positions"] if run_masks else []
             if box_phase:
                 logits, targets = self._box_logits(item["video"], item["seg_targets"])
             elif positions:
@@ -349,7 +381,13 @@ class SamaModel(nn.Module):
         bce_loss = bce_total / max(masks_total, 1)
         dice_loss = dice_total / max(masks_total, 1)
         loss = lm_weight * lm_loss + bce_weight * bce_loss + dice_weight * dice_loss
-        output = SamaOutput(loss, lm_loss.detach(), bce_loss.detach(), dice_loss.detach(), answer_tokens, masks_total, key_frame_logits)
+        where = None
+        if self.seg_head.where:
+            where = where_total / max(where_count, 1)
+            loss = loss + where_weight * where
+            where = where.detach()
+        output = SamaOutput(loss, lm_loss.detach(), bce_loss.detach(), dice_loss.detach(), answer_tokens, masks_total, key_frame_logits,
+                            where_loss=where)
         if pred_masks:
             output.pred_masks = pred_masks[0] if len(samples) == 1 else pred_masks
         return output
@@ -398,8 +436,10 @@ class SamaModel(nn.Module):
         if seg_hidden.shape[0]:
             features = self.sam2.encode_frames(_to_pixels(frames, self.device))
             prompts = self.seg_head(seg_hidden, video.frame_summaries)  # (S, K, 256)
+            dense = self.frame_where_prompts(seg_hidden, frames)  # (S, T, 1, h, w): every frame its own where-map
             all_logits = torch.stack([
-                self.sam2.decode_masks(features, sparse=prompts[s, nearest][:, None], orig_hw=video.frame_size)[:, 0]
+                self.sam2.decode_masks(features, sparse=prompts[s, nearest][:, None], orig_hw=video.frame_size,
+                                       mask_inputs=None if dense is None else dense[s])[:, 0]
                 for s in range(prompts.shape[0])
             ])  # (S, T, h, w)
         for count in item["segs_per_turn"]:
@@ -407,12 +447,13 @@ class SamaModel(nn.Module):
             start += count
         return per_turn
 
-    def _prepare_sample(self, sample: ConversationSample, with_text: bool = True, sam2_all_frames: bool = False) -> dict:
+    def _prepare_sample(self, sample: ConversationSample, with_text: bool = True, sam2_all_frames: bool = False,
+                        with_sam2: bool = True) -> dict:
         frames = np.asarray(sample.frames)
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"sample {sample.video_id}: frames must be (T, H, W, 3) uint8, got {frames.shape}")
         context_positions, key_positions = self.frame_positions(len(frames))
-        video = self.encode_video(frames[context_positions], key_positions, sam2_all_frames=sam2_all_frames)
+        video = self.encode_video(frames[context_positions], key_positions, sam2_all_frames=sam2_all_frames, with_sam2=with_sam2)
         embeds, labels, seg_positions = None, [], []
         if with_text:
             pieces = self.conversation_pieces(video, sample, context_positions)
@@ -446,9 +487,11 @@ class SamaModel(nn.Module):
     def _seg_logits(self, seg_hidden: torch.Tensor, video: VideoContext, targets: torch.Tensor | None):
         """(S, D) [SEG] states -> low-res logits (S * K, 1, h, w) on the key frames, and targets (S * K, 1, H, W)."""
         prompts = self.seg_head(seg_hidden, video.frame_summaries)  # (S, K, 256)
+        dense = self.where_prompts(seg_hidden, video.patch_tokens[video.key_positions])  # (S, K, 1, h, w) or None
         segs, keys = prompts.shape[:2]
         # one decode per [SEG] over the K key frames: no copies of the key frames' feature maps
-        logits = torch.cat([self.sam2.decode_masks(video.sam2_features, sparse=prompts[s][:, None], orig_hw=video.frame_size)
+        logits = torch.cat([self.sam2.decode_masks(video.sam2_features, sparse=prompts[s][:, None], orig_hw=video.frame_size,
+                                                   mask_inputs=None if dense is None else dense[s])
                             for s in range(segs)])
         if targets is None:
             return logits, None
@@ -458,6 +501,20 @@ class SamaModel(nn.Module):
     def seg_prompts(self, seg_hidden: torch.Tensor, video: VideoContext) -> torch.Tensor:
         """(S, D) [SEG] hidden states -> (S, K, 256) sparse prompts for the key frames."""
         return self.seg_head(seg_hidden, video.frame_summaries)
+
+    def where_prompts(self, seg_hidden: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor | None:
+        """(S, D) [SEG] states and (T, N, C) encoder tokens of any T frames -> (S, T, 1, h, w) dense SAM2
+        prompts from the grounding head's where-maps, or None when the head has none."""
+        if not self.seg_head.where:
+            return None
+        maps = self.seg_head.where_maps(seg_hidden, patch_tokens, _grid(self.encoder, patch_tokens.shape[1]))
+        return dense_prompt(maps.flatten(0, 1)).reshape(*maps.shape[:2], 1, *maps.shape[2:])
+
+    def frame_where_prompts(self, seg_hidden: torch.Tensor, frames) -> torch.Tensor | None:
+        """As where_prompts, for (T, H, W, 3) uint8 frames (encoded here; the encoder is the cheap part)."""
+        if not self.seg_head.where:
+            return None
+        return self.where_prompts(seg_hidden, self.encoder.encode(_to_pixels(frames, self.device)))
 
     def decode_key_frame(self, video: VideoContext, key: int, prompt: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         """One (256,) prompt on key frame `key` -> (H, W) bool mask at `size`."""

@@ -1,0 +1,54 @@
+"""Pixel-level cues of a region: its colour and its path through the video.
+
+A region's pooled encoder feature blurs a small object into its patch (at
+128 px with 16 px patches a 17 px disc covers about one patch), and pooling
+over frames throws away where it went. These cues keep both, read straight
+from the frames and the masks:
+
+- colour: mean and standard deviation of RGB under the mask, over every
+  frame where the region shows (6 values);
+- path: the region sampled at `PATH_SLOTS` evenly spaced context frames -
+  centroid x and y relative to where it first shows, area, and whether it
+  shows (4 values per slot), plus where it first shows (2 values).
+
+The aggregator's region shape token reads them (st-qformer `region_cues=True`).
+"""
+from __future__ import annotations
+
+import torch
+
+PATH_SLOTS = 8
+CUE_DIM = 6 + 2 + 4 * PATH_SLOTS
+
+
+def region_cues(masks: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """masks (R, T, H, W) in [0, 1]; pixels (T, 3, H, W) in [0, 1] -> (R, CUE_DIM)."""
+    regions, frames, height, width = masks.shape
+    if pixels.shape[0] != frames or tuple(pixels.shape[-2:]) != (height, width):
+        raise ValueError(f"region cues: masks {tuple(masks.shape)} and pixels {tuple(pixels.shape)} must cover the same frames and size")
+    if regions == 0:
+        return masks.new_zeros(0, CUE_DIM)
+    masks = masks.to(pixels.dtype)
+    weight = masks.sum(dim=(1, 2, 3)).clamp_min(1.0)[:, None]  # (R, 1)
+    colour_sum = torch.einsum("rthw,tchw->rc", masks, pixels)
+    square_sum = torch.einsum("rthw,tchw->rc", masks, pixels * pixels)
+    mean = colour_sum / weight
+    std = (square_sum / weight - mean * mean).clamp_min(0).sqrt()
+
+    ys = (torch.arange(height, dtype=pixels.dtype, device=pixels.device) + 0.5) / height
+    xs = (torch.arange(width, dtype=pixels.dtype, device=pixels.device) + 0.5) / width
+    area = masks.sum(dim=(2, 3))  # (R, T) pixels
+    shown = (area > 0).to(pixels.dtype)
+    cx = torch.einsum("rthw,w->rt", masks, xs) / area.clamp_min(1.0)
+    cy = torch.einsum("rthw,h->rt", masks, ys) / area.clamp_min(1.0)
+    slots = torch.linspace(0, frames - 1, PATH_SLOTS, device=pixels.device).round().long()
+    first = torch.where(shown.any(dim=1), shown.argmax(dim=1), torch.zeros(regions, dtype=torch.long, device=pixels.device))
+    rows = torch.arange(regions, device=pixels.device)
+    start_x, start_y = cx[rows, first], cy[rows, first]
+    # where the region does not show, its path holds at the start (no jump to 0)
+    path_x = torch.where(shown[:, slots] > 0, cx[:, slots] - start_x[:, None], torch.zeros_like(cx[:, slots]))
+    path_y = torch.where(shown[:, slots] > 0, cy[:, slots] - start_y[:, None], torch.zeros_like(cy[:, slots]))
+    relative_area = area[:, slots] / (height * width)
+    # offsets are a few hundredths of the frame per step: scale them to unit-ish size for the MLP
+    path = torch.stack([path_x * 4, path_y * 4, relative_area * 10, shown[:, slots]], dim=2).flatten(1)
+    return torch.cat([mean, std, start_x[:, None], start_y[:, None], path], dim=1)

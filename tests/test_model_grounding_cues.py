@@ -1,0 +1,174 @@
+"""Region cues (colour and path read from pixels and masks), the grounding head's where-maps
+and dense prompts, text-only training steps, and regions given as whole tracks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model_fixtures import one_thread, overfit, square_frames, square_sample, tiny_config, write_square_mp4
+from sama_agent.masks import MaskTrack
+from sama_agent.model.modeling.aggregator import SpatioTemporalQFormer
+from sama_agent.model.modeling.grounding_head import GroundingHead, dense_prompt, where_loss
+from sama_agent.model.modeling.region_cues import CUE_DIM, PATH_SLOTS, region_cues
+from sama_agent.model.modeling.sama import SamaModel
+from sama_agent.model.predictor import SamaPredictor
+from sama_agent.regions import Region
+from sama_agent.training.objectives import _coarse_where_prompt, segmenter_prompt_objective
+from sama_agent.video import Video
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
+
+
+def cue_config(**overrides):
+    options = dict(
+        aggregator_options=dict(dim=48, heads=2, spatial_queries=4, temporal_queries=6, window=4, region_cues=True),
+        seg_head_options=dict(hidden=64, per_frame=True, where=True),
+    )
+    options.update(overrides)
+    return tiny_config(**options)
+
+
+def pixels_of(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+
+
+# ---- region cues -----------------------------------------------------------------------------
+def test_cues_read_the_colour_under_the_mask():
+    frames, masks = square_frames()
+    cues = region_cues(torch.from_numpy(masks[None]).float(), pixels_of(frames))
+    assert cues.shape == (1, CUE_DIM)
+    assert torch.allclose(cues[0, :3], torch.tensor([220, 30, 30]) / 255, atol=1e-4)  # the square's red
+    assert torch.all(cues[0, 3:6] < 1e-3)  # a flat colour
+
+
+def test_cues_follow_the_path_and_hold_where_the_region_is_hidden():
+    frames, masks = square_frames()  # moves right for half the clip, then stays
+    path = region_cues(torch.from_numpy(masks[None]).float(), pixels_of(frames))[0, 8:].reshape(PATH_SLOTS, 4)
+    dx, dy = path[:, 0], path[:, 1]
+    assert dx[0] == 0 and torch.all(dx[1:] >= dx[:-1]) and dx[-1] > 0.5  # rightwards, never back
+    assert torch.allclose(dy, torch.zeros_like(dy))
+    assert dx[-1] == dx[-2]  # still at the end
+    hidden = masks.copy()
+    hidden[-4:] = False
+    held = region_cues(torch.from_numpy(hidden[None]).float(), pixels_of(frames))[0, 8:].reshape(PATH_SLOTS, 4)
+    assert held[-1, 3] == 0 and held[-1, 0] == 0 and held[0, 3] == 1  # not shown: no offset, flag off
+
+
+def test_cues_refuse_masks_that_do_not_match_the_frames():
+    frames, masks = square_frames()
+    with pytest.raises(ValueError, match="same frames and size"):
+        region_cues(torch.from_numpy(masks[None, :-1]).float(), pixels_of(frames))
+
+
+def test_aggregator_with_cues_needs_them_and_tells_motions_apart():
+    torch.manual_seed(0)
+    aggregator = SpatioTemporalQFormer(in_dim=16, out_dim=24, dim=16, heads=2, spatial_queries=2, temporal_queries=2, region_cues=True)
+    patches = torch.randn(5, 16, 16)
+    masks = torch.ones(1, 5, 4, 4)
+    box = torch.tensor([[0.1, 0.1, 0.9, 0.9]])
+    with pytest.raises(ValueError, match="region_cues=True"):
+        aggregator.region_tokens(patches, masks, box)
+    still, moving = torch.zeros(1, CUE_DIM), torch.zeros(1, CUE_DIM)
+    moving[0, 8::4] = torch.linspace(0, 1, PATH_SLOTS)
+    a = aggregator.region_tokens(patches, masks, box, cues=still)
+    b = aggregator.region_tokens(patches, masks, box, cues=moving)
+    assert torch.allclose(a[:, 0], b[:, 0])  # the pooled feature is the same
+    assert not torch.allclose(a[:, 1], b[:, 1])  # the shape-and-path token differs
+
+
+# ---- where-maps -------------------------------------------------------------------------------
+def test_where_maps_are_distributions_and_the_loss_prefers_the_right_cell():
+    head = GroundingHead(32, prompt_dim=16, hidden=16, where=True, patch_dim=8)
+    maps = head.where_maps(torch.randn(3, 32), torch.randn(4, 16, 8), (4, 4))
+    assert maps.shape == (3, 4, 4, 4)
+    assert torch.allclose(maps.exp().flatten(2).sum(-1), torch.ones(3, 4), atol=1e-5)
+    mask = torch.zeros(1, 16, 16)
+    mask[0, :4, :4] = True  # top-left cell of a 4x4 grid
+    right, wrong = torch.full((1, 4, 4), -10.0), torch.full((1, 4, 4), -10.0)
+    right[0, 0, 0], wrong[0, 3, 3] = 0.0, 0.0
+    assert where_loss(right.log_softmax(-1).reshape(1, 4, 4), mask)[0] < where_loss(wrong, mask)[0]
+    assert where_loss(right, torch.zeros(1, 16, 16)) == (0, 0)  # an object that does not show is left out
+    prompt = dense_prompt(torch.tensor([[[0.0, -2.0], [-50.0, -1.0]]]).log_softmax(-1))
+    assert prompt.shape == (1, 1, 2, 2) and prompt.max() == 4.0 and prompt.min() == -4.0
+
+
+def test_coarse_where_prompt_peaks_on_the_object():
+    mask = torch.zeros(2, 32, 32, dtype=torch.bool)
+    mask[0, 24:, 24:] = True
+    mask[1, :8, 8:16] = True
+    prompt = _coarse_where_prompt(mask, (4, 4))
+    assert prompt.shape == (2, 1, 4, 4)
+    assert prompt[0, 0, 3, 3] == prompt.max() and prompt[1, 0, 0, 1] == prompt[1].max()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clip") / "square.mp4"
+    write_square_mp4(path)
+    _, masks = square_frames()
+    return Video(path), masks
+
+
+def test_training_with_cues_and_where_maps_learns_where_the_object_is(clip):
+    video, masks = clip
+    torch.manual_seed(0)
+    model = SamaModel(cue_config())
+    sample = square_sample(video.frames(range(video.num_frames)), masks)
+    first = model(sample).where_loss
+    overfit(model, sample, steps=40)
+    model.train()
+    output = model(sample)
+    assert output.where_loss < 0.6 * first, (float(first), float(output.where_loss))
+    assert "where_loss" in output.log_dict()
+
+
+def test_text_only_phase_skips_sam2(clip):
+    video, masks = clip
+    model = SamaModel(cue_config())
+    model.train()
+    model.set_training_phase({"loss_weights": {"bce": 0.0, "dice": 0.0}})
+    output = model(square_sample(video.frames(range(video.num_frames)), masks))
+    output.loss.backward()
+    assert output.num_masks == 0 and output.bce_loss == 0 and output.lm_loss > 0 and output.where_loss > 0
+    assert all(p.grad is None for p in model.sam2.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.seg_head.where_query.parameters())
+
+
+def test_segmenter_prompts_include_where_prompts(clip):
+    video, masks = clip
+    torch.manual_seed(3)
+    model = SamaModel(cue_config())
+    loss, parts, _ = segmenter_prompt_objective(model, square_sample(video.frames(range(video.num_frames)), masks), count=12)
+    loss.backward()
+    downscale = model.sam2.sam2.sam_prompt_encoder.mask_downscaling
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in downscale.parameters())  # a dense prompt was used
+
+
+# ---- regions given as tracks ------------------------------------------------------------------
+def test_a_region_with_a_track_is_read_over_the_context_frames_as_given(clip):
+    video, masks = clip
+    model = SamaModel(cue_config())
+    predictor = SamaPredictor(model)
+    predictor.set_video(video)
+    track = MaskTrack.from_masks({t: masks[t] for t in range(0, video.num_frames, 2)})  # even frames only
+    region = Region(frame=0, mask=masks[0], track=track)
+    got = predictor.region_masks(region)
+    for slot, frame in enumerate(predictor.context_frames):
+        expected = masks[frame] if frame % 2 == 0 else np.zeros_like(masks[frame])
+        assert np.array_equal(got[slot], expected), frame
+    answer = predictor.ask("what is <mask> doing?", [region])
+    assert isinstance(answer.text, str)
+
+
+def test_a_track_of_another_size_is_refused(clip):
+    video, masks = clip
+    from sama_agent.errors import RegionError
+
+    small = MaskTrack.from_masks({0: np.ones((8, 8), bool)})
+    with pytest.raises(RegionError, match="its track is 8x8"):
+        Region(frame=0, mask=masks[0], track=small).validate(video.height, video.width, video.num_frames)
