@@ -28,7 +28,7 @@ REGION_QUESTION = "what is <mask> doing ?"
 GROUNDED_ANSWER = "<p>the red square</p> [SEG] ."
 REGION_ANSWER = "<p>the red square</p> [SEG] moves right ."
 CLIP_FRAMES, CLIP_SIZE = 12, (96, 128)
-TRAIN_STEPS = 30
+TRAIN_STEPS = 60
 LEARNING_RATE = 2e-3
 
 _CACHE: dict[str, Path] = {}
