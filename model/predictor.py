@@ -122,9 +122,10 @@ class SamaPredictor:
     # ---- regions -> per-context-frame masks ------------------------------------------------------
     def region_masks(self, region: Region) -> np.ndarray:
         """(T, H, W) bool over the context frames: the region's own track when it has one (a mask
-        handle, a dataset masklet), else the region followed to every context frame by the segmenter
-        (so its feature pools over all frames where it is visible), else its prompt mask on the
-        nearest context frame."""
+        handle, a dataset masklet), else the region followed to every context frame (so its feature
+        pools over all frames where it is visible) - frame to frame by boxes with a per-frame model's
+        own SAM2, by the segmenter's propagation otherwise - else its prompt mask on the nearest
+        context frame."""
         video = self.video
         if region.mask is None and region.mask_ref is not None:
             raise RegionError(f"{region.to_text()}: resolve the mask reference first (Region.resolve(store)).")
@@ -134,6 +135,10 @@ class SamaPredictor:
             for slot, frame in enumerate(self.context_frames):
                 if frame in region.track.rles:
                     masks[slot] = region.track.mask(frame)
+        elif self.model.config.region_propagation and self._follows_per_frame() and region.kinds <= {"box", "points", "mask"}:
+            found = self._own_sam2().follow(video, region, frames=self.context_frames)
+            for slot, frame in enumerate(self.context_frames):
+                masks[slot] = found[frame]
         elif self.model.config.region_propagation and region.kinds <= set(self.segmenter.prompt_kinds):
             wanted = sorted(set(self.context_frames))
             for index, found in self.segmenter.propagate(video, {0: [region]}, frames=wanted):
@@ -143,6 +148,16 @@ class SamaPredictor:
             nearest = int(np.argmin([abs(f - region.frame) for f in self.context_frames]))
             masks[nearest] = prompt_mask(region, video.height, video.width)
         return masks
+
+    def _own_sam2(self):
+        """The model's SAM2 when the segmenter is it (directly or behind a feature cache), else None."""
+        grounding = getattr(self.segmenter, "grounding", None)
+        return grounding if getattr(grounding, "_grounding", grounding) is self.model.sam2 else None
+
+    def _follows_per_frame(self) -> bool:
+        """A per-frame model with its own SAM2 follows regions frame to frame by boxes (Sam2Grounding.follow):
+        its SAM2 was trained on prompts, not on memory propagation."""
+        return self.model.config.propagation == "per_frame" and self._own_sam2() is not None
 
     # ---- [SEG] -> tracks ---------------------------------------------------------------------------
     def _tracks(self, seg_hidden: torch.Tensor, phrases: list[str]) -> list[MaskTrack]:

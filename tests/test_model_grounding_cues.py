@@ -172,3 +172,33 @@ def test_a_track_of_another_size_is_refused(clip):
     small = MaskTrack.from_masks({0: np.ones((8, 8), bool)})
     with pytest.raises(RegionError, match="its track is 8x8"):
         Region(frame=0, mask=masks[0], track=small).validate(video.height, video.width, video.num_frames)
+
+
+# ---- following a region without SAM2 memory ------------------------------------------------------
+def test_a_region_is_followed_frame_to_frame_by_boxes(clip):
+    """SAM2 trained on box prompts only follows the square forwards and backwards from a box on a middle frame."""
+    video, masks = clip
+    torch.manual_seed(0)
+    model = SamaModel(cue_config(propagation="per_frame"))
+    sample = square_sample(video.frames(range(video.num_frames)), masks)
+    params = [p for p in model.sam2.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    for _ in range(40):
+        loss, _, _ = segmenter_prompt_objective(model, sample, count=6)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    middle = video.num_frames // 2
+    ys, xs = np.nonzero(masks[middle])
+    region = Region(frame=middle, box=(float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)))
+    found = model.sam2.follow(video, region)
+    assert sorted(found) == list(range(video.num_frames))
+    ious = [(found[t] & masks[t]).sum() / (found[t] | masks[t]).sum() for t in range(video.num_frames)]
+    assert min(ious[:middle]) > 0.5 and min(ious[middle:]) > 0.5, np.round(ious, 2)
+
+    predictor = SamaPredictor(model)
+    predictor.set_video(video)
+    followed = predictor.region_masks(region)  # the per-frame model follows regions the same way
+    for slot, frame in enumerate(predictor.context_frames):
+        assert np.array_equal(followed[slot], found[frame])

@@ -227,6 +227,20 @@ class HeadOutput:
     object_score_logits: torch.Tensor  # (B, 1)
 
 
+FOLLOW_MARGIN = 0.15  # share of a box's size added on each side when following a region frame to frame
+
+
+def _grown_box(mask: np.ndarray, margin: float, size: tuple[int, int]) -> tuple[float, float, float, float] | None:
+    """The tight box of a mask, grown by `margin` of its size on each side and kept in the frame."""
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        return None
+    x0, x1, y0, y1 = float(xs.min()), float(xs.max() + 1), float(ys.min()), float(ys.max() + 1)
+    dx, dy = margin * (x1 - x0), margin * (y1 - y0)
+    height, width = size
+    return max(0.0, x0 - dx), max(0.0, y0 - dy), min(float(width), x1 + dx), min(float(height), y1 + dy)
+
+
 # ---- the grounding wrapper --------------------------------------------------------------
 class Sam2Grounding(nn.Module):
     """SAM2 driven for SAMA: [SEG]-prompted decoding, clip tracking, streaming propagation."""
@@ -534,6 +548,55 @@ class Sam2Grounding(nn.Module):
         return torch.cat(logits, dim=1).transpose(0, 1)
 
     # ---- streaming propagation over a video ----
+    @torch.inference_mode()
+    def follow(self, video, region: Region, frames: Sequence[int] | None = None, margin: float = FOLLOW_MARGIN) -> dict[int, np.ndarray]:
+        """{frame: (H, W) bool} for the requested frames: one region followed without SAM2 memory.
+
+        The region's own prompt is decoded on its frame; every next frame (forwards, then backwards
+        from the region's frame) is prompted with the box of the mask before it, grown by `margin` of
+        its size on each side. This needs only a decoder trained on box prompts - what the CPU
+        curriculum trains first - while memory propagation needs trained memory attention. Where
+        the object is lost, the last box is kept, so it is found again when it comes back.
+        """
+        from sama_agent.segmenters import requested_frames
+
+        size = (video.height, video.width)
+        wanted = set(requested_frames(video, frames))
+        if not wanted:
+            return {}
+        start = video.check_index(region.frame)
+        prompt = frame_prompt([region], size, self.image_size, self.prompt_dim)
+        first = self._decode_prompt(video.frames([start]), prompt)
+        found = {start: first}
+        for step in (1, -1):
+            stop = max(wanted) + 1 if step > 0 else min(wanted) - 1
+            box = _grown_box(first, margin, size)
+            for frame in range(start + step, stop, step):
+                mask = self._decode_box(video.frames([frame]), box)
+                if frame in wanted:
+                    found[frame] = mask
+                if mask.any():
+                    box = _grown_box(mask, margin, size)
+        return {f: found[f] for f in sorted(wanted)}
+
+    def _decode_prompt(self, frames: np.ndarray, prompt) -> np.ndarray:
+        size = frames.shape[1:3]
+        features = self.encode_uint8(frames)
+        points = None if prompt.point_coords is None else {"point_coords": prompt.point_coords, "point_labels": prompt.point_labels}
+        mask = prompt.mask
+        if mask is not None and points is None and prompt.sparse is None:
+            return F.interpolate(mask, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy() >= 0.5
+        pix = self._without_memory(features)
+        head = self.sam_heads(pix, features.maps()[:-1] or None, points, mask, prompt.sparse, multimask=False)
+        return (self.upsample(head.low_res_masks, tuple(size))[0, 0] > 0).cpu().numpy()
+
+    def _decode_box(self, frames: np.ndarray, box: tuple[float, float, float, float] | None) -> np.ndarray:
+        size = frames.shape[1:3]
+        if box is None:
+            return np.zeros(size, bool)
+        logits = self.decode_masks(self.encode_uint8(frames), boxes=torch.tensor([box], dtype=torch.float32), orig_hw=tuple(size))
+        return (self.upsample(logits, tuple(size))[0, 0] > 0).cpu().numpy()
+
     def propagate(self, video, prompts: Mapping[int, Sequence[Region]], frames: Sequence[int] | None = None) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
         """Yield (frame_index, {object_id: (H, W) bool}) once for every requested frame.
 
