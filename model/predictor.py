@@ -199,9 +199,8 @@ class SamaPredictor:
         prompts = prompts.to(self.model.device)
         for start in range(0, video.num_frames, batch):
             chunk = list(range(start, min(start + batch, video.num_frames)))
-            pixels = video.frames(chunk)
-            features = sam2.encode_uint8(pixels)
-            dense = self.model.frame_where_prompts(seg_hidden, pixels)  # (S, len(chunk), 1, h, w) or None
+            features = sam2.encode_uint8(video.frames(chunk))
+            dense = self.model.where_prompts(seg_hidden, features)  # (S, len(chunk), 1, h, w) or None
             for s, track in enumerate(tracks):
                 sparse = prompts[s, [nearest[f] for f in chunk]][:, None]
                 logits = sam2.decode_masks(features, sparse=sparse, orig_hw=size, mask_inputs=None if dense is None else dense[s])

@@ -3,8 +3,8 @@
     model              the model's own loss: `model(sample).loss` (LM + [SEG] mask losses for SamaModel)
     segmenter_prompts  the model's SAM2 learns to segment from box and point prompts taken from the
                        ground-truth masks (no LLM involved), and - when the model's grounding head makes
-                       where-maps - from the coarse dense prompt such a map gives (the mask pooled to the
-                       encoder's patch grid), so it learns to outline the object a where-map points at. On CPU a randomly initialised segmenter
+                       where-maps - from the coarse dense prompt such a map gives (the mask pooled to half
+                       SAM2's mask-prompt size), so it learns to outline the object a where-map points at. On CPU a randomly initialised segmenter
                        barely learns from [SEG] prompts alone (DESIGN.md section 8); learning masks from
                        geometric prompts first gives its decoder and trunk something they can learn
                        quickly, which [SEG] grounding then builds on.
@@ -117,11 +117,11 @@ def box_prompt_iou(model: nn.Module, sample: ConversationSample, frames: list[in
 
 
 def _where_grid(model: nn.Module) -> tuple[int, int] | None:
-    """The patch grid of the model's where-maps, or None when its grounding head makes none."""
-    head, encoder = getattr(model, "seg_head", None), getattr(model, "encoder", None)
-    if not getattr(head, "where", False) or getattr(encoder, "grid", None) is None:
+    """The grid coarse where-prompts are pooled to - half SAM2's mask-prompt size, so SAM2 learns to
+    sharpen them - or None when the model's grounding head makes no where-maps."""
+    if not getattr(getattr(model, "seg_head", None), "where", False):
         return None
-    return tuple(int(v) for v in encoder.grid)
+    return tuple(max(1, int(v) // 2) for v in model.sam2.sam2.sam_prompt_encoder.mask_input_size)
 
 
 def _coarse_where_prompt(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

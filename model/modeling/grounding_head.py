@@ -6,10 +6,11 @@ from that frame's pooled visual tokens (a prompt can then say "the one on the
 left *in this frame*"); otherwise every key frame gets the same prompt.
 
 With `where=True` the head also says *where* on each frame: the [SEG] state is
-matched against that frame's encoder patch tokens, giving a map over the patch
-grid (log-probabilities that sum to one per frame). The map is learnt directly
-against the ground-truth mask pooled to the grid (`where_loss`) and is handed
-to SAM2 as a dense mask prompt. A small SAM2 learns to pick one object from a
+matched against that frame's SAM2 features (all levels brought to the finest,
+stride 4), giving a map of log-probabilities that sum to one per frame. The map
+is learnt directly against the ground-truth mask pooled to its grid
+(`where_loss`: the best map spreads evenly over the object) and is handed to
+SAM2 as a dense mask prompt at SAM2's own mask-prompt size. A small SAM2 learns to pick one object from a
 sparse embedding slowly on CPU (it first learns to light up every object); a
 dense "it is about here" prompt gives it the location and leaves it the
 outline, which it learns quickly.
@@ -35,7 +36,7 @@ class GroundingHead(nn.Module):
         self.where = bool(where)
         if self.where:
             if not patch_dim:
-                raise ValueError("GroundingHead(where=True) needs patch_dim, the encoder's token channels")
+                raise ValueError("GroundingHead(where=True) needs patch_dim, the channels of the feature maps it reads")
             self.where_query = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, where_dim))
             self.where_key = nn.Sequential(nn.LayerNorm(patch_dim), nn.Linear(patch_dim, where_dim))
             self.where_scale = where_dim ** -0.5
@@ -57,15 +58,16 @@ class GroundingHead(nn.Module):
         return prompts
 
 
-    def where_maps(self, seg_hidden: torch.Tensor, patch_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """seg_hidden (S, D); patch_tokens (T, N, C) of T frames -> (S, T, h, w) log-probabilities over
-        each frame's patch grid of where the [SEG] object is."""
+    def where_maps(self, seg_hidden: torch.Tensor, feature_maps: torch.Tensor) -> torch.Tensor:
+        """seg_hidden (S, D); feature_maps (T, C, h, w) of T frames -> (S, T, h, w) log-probabilities
+        over each frame's grid of where the [SEG] object is."""
         if not self.where:
             raise ValueError("this grounding head was built without where=True")
+        frames, _, height, width = feature_maps.shape
         query = self.where_query(seg_hidden)  # (S, A)
-        keys = self.where_key(patch_tokens)  # (T, N, A)
+        keys = self.where_key(feature_maps.flatten(2).transpose(1, 2))  # (T, h*w, A)
         scores = torch.einsum("sa,tna->stn", query, keys) * self.where_scale
-        return scores.log_softmax(dim=-1).reshape(*scores.shape[:2], *grid)
+        return scores.log_softmax(dim=-1).reshape(seg_hidden.shape[0], frames, height, width)
 
 
 def where_loss(log_maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -352,6 +352,21 @@ class Sam2Grounding(nn.Module):
             return head.low_res_masks, head.object_score_logits
         return head.low_res_masks
 
+    @property
+    def where_channels(self) -> int:
+        """Channels of `where_features`: the mask decoder's two high-resolution maps and the top level."""
+        dim, levels = self.prompt_dim, self.sam2.num_feature_levels
+        if self.sam2.use_high_res_features_in_sam:
+            return dim // 8 + dim // 4 + dim * (levels - 2)
+        return dim * levels
+
+    def where_features(self, features: FrameFeatures) -> torch.Tensor:
+        """(T, C, h, w) every feature level of T frames brought to the finest (stride 4): colour and edges
+        from the high-resolution maps, what the object is from the top level."""
+        maps = features.maps()
+        size = maps[0].shape[-2:]
+        return torch.cat([maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]], dim=1)
+
     def upsample(self, logits: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
         """(T, 1, h, w) logits -> (T, 1, H, W) logits at the original frame size."""
         return F.interpolate(logits, size=tuple(orig_hw), mode="bilinear", align_corners=False)

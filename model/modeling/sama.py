@@ -121,7 +121,7 @@ class SamaModel(nn.Module):
         self.sam2 = Sam2Grounding(config=sam2_options)
         head_options = dict(config.seg_head_options)
         if head_options.get("where"):
-            head_options.setdefault("patch_dim", channels)
+            head_options.setdefault("patch_dim", self.sam2.where_channels)
         self.seg_head = GroundingHead(hidden, prompt_dim=self.sam2.prompt_dim, **head_options)
         self._check_llm_tokens()
         self._apply_freeze()
@@ -328,13 +328,14 @@ class SamaModel(nn.Module):
         if not samples:
             raise ValueError("forward needs at least one ConversationSample")
         lm_weight, bce_weight, dice_weight, where_weight = self._weights()
-        use_where = self.seg_head.where and where_weight > 0
         box_phase = getattr(self, "model_phase", "seg") == "mask_prompt"
         run_llm = not box_phase or lm_weight > 0
+        use_where = self.seg_head.where and where_weight > 0 and run_llm
         # a text-only phase (mask loss weights 0) never runs SAM2: an LLM step then costs a fraction of a full one
         run_masks = box_phase or bce_weight > 0 or dice_weight > 0 or not self.training
         track_phase = getattr(self, "model_phase", "seg") == "track"
-        prepared = [self._prepare_sample(s, with_text=run_llm, sam2_all_frames=track_phase, with_sam2=run_masks) for s in samples]
+        prepared = [self._prepare_sample(s, with_text=run_llm, sam2_all_frames=track_phase, with_sam2=run_masks or use_where)
+                    for s in samples]
         lm_loss, answer_tokens, hidden = self.device_zero(), 0, []
         if run_llm:
             # one LLM pass per conversation: no compute spent on padding (sequence lengths vary 3x)
@@ -353,11 +354,9 @@ class SamaModel(nn.Module):
         bce_total = dice_total = where_total = self.device_zero()
         masks_total, where_count, key_frame_logits, pred_masks = 0, 0, [], []
         for row, item in enumerate(prepared):
-            if use_where and run_llm and item["seg_positions"]:
-                maps = self.seg_head.where_maps(hidden[row][item["seg_positions"]], item["video"].patch_tokens,
-                                                _grid(self.encoder, item["video"].patch_tokens.shape[1]))  # (S, T, h, w)
-                truth = torch.from_numpy(item["all_targets"][:, item["context_positions"]]).to(maps.device)
-                mean, count = where_loss(maps.flatten(0, 1), truth.flatten(0, 1))
+            if use_where and item["seg_positions"]:
+                maps = self.seg_head.where_maps(hidden[row][item["seg_positions"]], self.sam2.where_features(item["video"].sam2_features))
+                mean, count = where_loss(maps.flatten(0, 1), item["seg_targets"].flatten(0, 1).to(maps.device))  # (S, K, h, w)
                 where_total, where_count = where_total + mean * count, where_count + count
             positions = item["seg_positions"] if run_masks else []
             if box_phase:
@@ -436,7 +435,7 @@ class SamaModel(nn.Module):
         if seg_hidden.shape[0]:
             features = self.sam2.encode_frames(_to_pixels(frames, self.device))
             prompts = self.seg_head(seg_hidden, video.frame_summaries)  # (S, K, 256)
-            dense = self.frame_where_prompts(seg_hidden, frames)  # (S, T, 1, h, w): every frame its own where-map
+            dense = self.where_prompts(seg_hidden, features)  # (S, T, 1, h, w): every frame its own where-map
             all_logits = torch.stack([
                 self.sam2.decode_masks(features, sparse=prompts[s, nearest][:, None], orig_hw=video.frame_size,
                                        mask_inputs=None if dense is None else dense[s])[:, 0]
@@ -487,7 +486,7 @@ class SamaModel(nn.Module):
     def _seg_logits(self, seg_hidden: torch.Tensor, video: VideoContext, targets: torch.Tensor | None):
         """(S, D) [SEG] states -> low-res logits (S * K, 1, h, w) on the key frames, and targets (S * K, 1, H, W)."""
         prompts = self.seg_head(seg_hidden, video.frame_summaries)  # (S, K, 256)
-        dense = self.where_prompts(seg_hidden, video.patch_tokens[video.key_positions])  # (S, K, 1, h, w) or None
+        dense = self.where_prompts(seg_hidden, video.sam2_features)  # (S, K, 1, h, w) or None
         segs, keys = prompts.shape[:2]
         # one decode per [SEG] over the K key frames: no copies of the key frames' feature maps
         logits = torch.cat([self.sam2.decode_masks(video.sam2_features, sparse=prompts[s][:, None], orig_hw=video.frame_size,
@@ -502,19 +501,13 @@ class SamaModel(nn.Module):
         """(S, D) [SEG] hidden states -> (S, K, 256) sparse prompts for the key frames."""
         return self.seg_head(seg_hidden, video.frame_summaries)
 
-    def where_prompts(self, seg_hidden: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor | None:
-        """(S, D) [SEG] states and (T, N, C) encoder tokens of any T frames -> (S, T, 1, h, w) dense SAM2
+    def where_prompts(self, seg_hidden: torch.Tensor, features) -> torch.Tensor | None:
+        """(S, D) [SEG] states and the SAM2 FrameFeatures of any T frames -> (S, T, 1, h, w) dense SAM2
         prompts from the grounding head's where-maps, or None when the head has none."""
         if not self.seg_head.where:
             return None
-        maps = self.seg_head.where_maps(seg_hidden, patch_tokens, _grid(self.encoder, patch_tokens.shape[1]))
+        maps = self.seg_head.where_maps(seg_hidden, self.sam2.where_features(features))
         return dense_prompt(maps.flatten(0, 1)).reshape(*maps.shape[:2], 1, *maps.shape[2:])
-
-    def frame_where_prompts(self, seg_hidden: torch.Tensor, frames) -> torch.Tensor | None:
-        """As where_prompts, for (T, H, W, 3) uint8 frames (encoded here; the encoder is the cheap part)."""
-        if not self.seg_head.where:
-            return None
-        return self.where_prompts(seg_hidden, self.encoder.encode(_to_pixels(frames, self.device)))
 
     def decode_key_frame(self, video: VideoContext, key: int, prompt: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         """One (256,) prompt on key frame `key` -> (H, W) bool mask at `size`."""
