@@ -50,6 +50,10 @@ class CachedEncoding:
         frame it encodes goes through `encode_uint8` below."""
         return type(self._grounding).propagate(self, video, prompts, frames)
 
+    def follow(self, video, region, frames=None, **options):
+        """The real module's frame-to-frame following, encoding through the cache like `propagate`."""
+        return type(self._grounding).follow(self, video, region, frames, **options)
+
     @property
     def cached_bytes(self) -> int:
         return sum(self._sizes.values())

@@ -581,22 +581,20 @@ class Sam2Grounding(nn.Module):
             return {}
         start = video.check_index(region.frame)
         prompt = frame_prompt([region], size, self.image_size, self.prompt_dim)
-        first = self._decode_prompt(video.frames([start]), prompt)
+        first = self._decode_prompt(self.encode_uint8(video.frames([start])), prompt, size)
         found = {start: first}
         for step in (1, -1):
             stop = max(wanted) + 1 if step > 0 else min(wanted) - 1
             box = _grown_box(first, margin, size)
             for frame in range(start + step, stop, step):
-                mask = self._decode_box(video.frames([frame]), box)
+                mask = self._decode_box(self.encode_uint8(video.frames([frame])), box, size)
                 if frame in wanted:
                     found[frame] = mask
                 if mask.any():
                     box = _grown_box(mask, margin, size)
         return {f: found[f] for f in sorted(wanted)}
 
-    def _decode_prompt(self, frames: np.ndarray, prompt) -> np.ndarray:
-        size = frames.shape[1:3]
-        features = self.encode_uint8(frames)
+    def _decode_prompt(self, features: FrameFeatures, prompt, size: tuple[int, int]) -> np.ndarray:
         points = None if prompt.point_coords is None else {"point_coords": prompt.point_coords, "point_labels": prompt.point_labels}
         mask = prompt.mask
         if mask is not None and points is None and prompt.sparse is None:
@@ -605,11 +603,10 @@ class Sam2Grounding(nn.Module):
         head = self.sam_heads(pix, features.maps()[:-1] or None, points, mask, prompt.sparse, multimask=False)
         return (self.upsample(head.low_res_masks, tuple(size))[0, 0] > 0).cpu().numpy()
 
-    def _decode_box(self, frames: np.ndarray, box: tuple[float, float, float, float] | None) -> np.ndarray:
-        size = frames.shape[1:3]
+    def _decode_box(self, features: FrameFeatures, box: tuple[float, float, float, float] | None, size: tuple[int, int]) -> np.ndarray:
         if box is None:
             return np.zeros(size, bool)
-        logits = self.decode_masks(self.encode_uint8(frames), boxes=torch.tensor([box], dtype=torch.float32), orig_hw=tuple(size))
+        logits = self.decode_masks(features, boxes=torch.tensor([box], dtype=torch.float32), orig_hw=tuple(size))
         return (self.upsample(logits, tuple(size))[0, 0] > 0).cpu().numpy()
 
     def propagate(self, video, prompts: Mapping[int, Sequence[Region]], frames: Sequence[int] | None = None) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
