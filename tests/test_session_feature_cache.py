@@ -54,6 +54,18 @@ def test_propagation_through_the_cache_gives_the_same_masks(grounding, video):
     assert agreement > 0.999
 
 
+def test_following_a_region_through_the_cache_gives_the_same_masks(grounding, video):
+    clip, masks = video
+    region = Region(frame=3, box=(10.0, 10.0, 60.0, 50.0))
+    plain = grounding.follow(clip, region)
+    cache = CachedEncoding(grounding)
+    cache.warm(clip)
+    cached = cache.follow(clip, region)
+    assert cache.misses == clip.num_frames and cache.hits == clip.num_frames  # every frame read from the cache
+    assert sorted(cached) == sorted(plain) == list(range(clip.num_frames))
+    assert np.mean([(cached[f] == plain[f]).mean() for f in plain]) > 0.999
+
+
 def test_the_cache_stays_within_its_budget(grounding, video):
     clip, _ = video
     probe = CachedEncoding(grounding)
