@@ -203,7 +203,7 @@ class SamaPredictor:
             dense = self.model.where_prompts(seg_hidden, features)  # (S, len(chunk), 1, h, w) or None
             for s, track in enumerate(tracks):
                 sparse = prompts[s, [nearest[f] for f in chunk]][:, None]
-                logits = sam2.decode_masks(features, sparse=sparse, orig_hw=size, mask_inputs=None if dense is None else dense[s])
+                logits = self.model.decode_seg(features, sparse, None if dense is None else dense[s], size, sam2=sam2)
                 logits = sam2.upsample(logits, size)
                 for f, mask in zip(chunk, (logits[:, 0] > 0).cpu().numpy()):
                     track.set(f, mask)

@@ -204,3 +204,18 @@ def test_a_region_is_followed_frame_to_frame_by_boxes(clip):
     followed = predictor.region_masks(region)  # the per-frame model follows regions the same way
     for slot, frame in enumerate(predictor.context_frames):
         assert np.array_equal(followed[slot], found[frame])
+
+
+def test_a_where_prompt_is_added_to_sam2_logits(clip):
+    video, masks = clip
+    torch.manual_seed(4)
+    model = SamaModel(cue_config()).eval()
+    with torch.no_grad():
+        features = model.sam2.encode_uint8(video.frames([0, 5]))
+        sparse = torch.randn(2, 1, model.sam2.prompt_dim)
+        dense = dense_prompt(torch.randn(2, *model.sam2.sam2.sam_prompt_encoder.mask_input_size).flatten(1).log_softmax(-1)
+                             .reshape(2, *model.sam2.sam2.sam_prompt_encoder.mask_input_size))
+        size = (video.height, video.width)
+        plain = model.sam2.decode_masks(features, sparse=sparse, orig_hw=size, mask_inputs=dense)
+        assert torch.allclose(model.decode_seg(features, sparse, dense, size), plain + dense)
+        assert torch.allclose(model.decode_seg(features, sparse, None, size), model.sam2.decode_masks(features, sparse=sparse, orig_hw=size))

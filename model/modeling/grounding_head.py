@@ -10,7 +10,8 @@ matched against that frame's SAM2 features (all levels brought to the finest,
 stride 4), giving a map of log-probabilities that sum to one per frame. The map
 is learnt directly against the ground-truth mask pooled to its grid
 (`where_loss`: the best map spreads evenly over the object) and is handed to
-SAM2 as a dense mask prompt at SAM2's own mask-prompt size. A small SAM2 learns to pick one object from a
+SAM2 as a dense mask prompt at SAM2's own mask-prompt size, and added to SAM2's
+mask logits (SamaModel.decode_seg): SAM2 outlines, the map says which object. A small SAM2 learns to pick one object from a
 sparse embedding slowly on CPU (it first learns to light up every object); a
 dense "it is about here" prompt gives it the location and leaves it the
 outline, which it learns quickly.

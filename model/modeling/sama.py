@@ -437,8 +437,7 @@ class SamaModel(nn.Module):
             prompts = self.seg_head(seg_hidden, video.frame_summaries)  # (S, K, 256)
             dense = self.where_prompts(seg_hidden, features)  # (S, T, 1, h, w): every frame its own where-map
             all_logits = torch.stack([
-                self.sam2.decode_masks(features, sparse=prompts[s, nearest][:, None], orig_hw=video.frame_size,
-                                       mask_inputs=None if dense is None else dense[s])[:, 0]
+                self.decode_seg(features, prompts[s, nearest][:, None], None if dense is None else dense[s], video.frame_size)[:, 0]
                 for s in range(prompts.shape[0])
             ])  # (S, T, h, w)
         for count in item["segs_per_turn"]:
@@ -489,8 +488,7 @@ class SamaModel(nn.Module):
         dense = self.where_prompts(seg_hidden, video.sam2_features)  # (S, K, 1, h, w) or None
         segs, keys = prompts.shape[:2]
         # one decode per [SEG] over the K key frames: no copies of the key frames' feature maps
-        logits = torch.cat([self.sam2.decode_masks(video.sam2_features, sparse=prompts[s][:, None], orig_hw=video.frame_size,
-                                                   mask_inputs=None if dense is None else dense[s])
+        logits = torch.cat([self.decode_seg(video.sam2_features, prompts[s][:, None], None if dense is None else dense[s], video.frame_size)
                             for s in range(segs)])
         if targets is None:
             return logits, None
@@ -500,6 +498,13 @@ class SamaModel(nn.Module):
     def seg_prompts(self, seg_hidden: torch.Tensor, video: VideoContext) -> torch.Tensor:
         """(S, D) [SEG] hidden states -> (S, K, 256) sparse prompts for the key frames."""
         return self.seg_head(seg_hidden, video.frame_summaries)
+
+    def decode_seg(self, features, sparse: torch.Tensor, dense: torch.Tensor | None, size: tuple[int, int], sam2=None) -> torch.Tensor:
+        """One [SEG] on T frames: (T, K, 256) sparse prompts and (T, 1, h, w) dense where-prompts (or None)
+        -> (T, 1, h, w) low-res mask logits. The where-prompt is also added to SAM2's logits: SAM2 outlines
+        objects, the where-map says which one (SAM2's decoder mixes a dense prompt in at 1/16 scale only)."""
+        logits = (sam2 or self.sam2).decode_masks(features, sparse=sparse, orig_hw=size, mask_inputs=dense)
+        return logits if dense is None else logits + dense
 
     def where_prompts(self, seg_hidden: torch.Tensor, features) -> torch.Tensor | None:
         """(S, D) [SEG] states and the SAM2 FrameFeatures of any T frames -> (S, T, 1, h, w) dense SAM2
