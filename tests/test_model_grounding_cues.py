@@ -9,12 +9,12 @@ import torch
 from model_fixtures import one_thread, overfit, square_frames, square_sample, tiny_config, write_square_mp4
 from sama_agent.masks import MaskTrack
 from sama_agent.model.modeling.aggregator import SpatioTemporalQFormer
-from sama_agent.model.modeling.grounding_head import GroundingHead, dense_prompt, where_loss
+from sama_agent.model.modeling.grounding_head import GroundingHead, coarse_where_prompt, dense_prompt, where_loss
 from sama_agent.model.modeling.region_cues import CUE_DIM, PATH_SLOTS, region_cues
 from sama_agent.model.modeling.sama import SamaModel
 from sama_agent.model.predictor import SamaPredictor
 from sama_agent.regions import Region
-from sama_agent.training.objectives import _coarse_where_prompt, segmenter_prompt_objective
+from sama_agent.training.objectives import segmenter_prompt_objective
 from sama_agent.video import Video
 
 
@@ -101,7 +101,7 @@ def test_coarse_where_prompt_peaks_on_the_object():
     mask = torch.zeros(2, 32, 32, dtype=torch.bool)
     mask[0, 24:, 24:] = True
     mask[1, :8, 8:16] = True
-    prompt = _coarse_where_prompt(mask, (4, 4))
+    prompt = coarse_where_prompt(mask, (4, 4))
     assert prompt.shape == (2, 1, 4, 4)
     assert prompt[0, 0, 3, 3] == prompt.max() and prompt[1, 0, 0, 1] == prompt[1].max()
 
@@ -177,8 +177,8 @@ def test_a_track_of_another_size_is_refused(clip):
 
 
 # ---- following a region without SAM2 memory ------------------------------------------------------
-def test_a_region_is_followed_frame_to_frame_by_boxes(clip):
-    """SAM2 trained on box prompts only follows the square forwards and backwards from a box on a middle frame."""
+def test_a_region_is_followed_frame_to_frame(clip):
+    """SAM2 trained briefly on prompts follows the square forwards and backwards from a box on a middle frame."""
     video, masks = clip
     torch.manual_seed(0)
     model = SamaModel(cue_config(propagation="per_frame"))
@@ -194,16 +194,20 @@ def test_a_region_is_followed_frame_to_frame_by_boxes(clip):
     middle = video.num_frames // 2
     ys, xs = np.nonzero(masks[middle])
     region = Region(frame=middle, box=(float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)))
-    found = model.sam2.follow(video, region)
-    assert sorted(found) == list(range(video.num_frames))
-    ious = [(found[t] & masks[t]).sum() / (found[t] | masks[t]).sum() for t in range(video.num_frames)]
-    assert min(ious[:middle]) > 0.5 and min(ious[middle:]) > 0.5, np.round(ious, 2)
+    for prompt in ("box", "coarse"):
+        found = model.sam2.follow(video, region, prompt=prompt)
+        assert sorted(found) == list(range(video.num_frames))
+        ious = [(found[t] & masks[t]).sum() / (found[t] | masks[t]).sum() for t in range(video.num_frames)]
+        assert min(ious[:middle]) > 0.5 and min(ious[middle:]) > 0.5, (prompt, np.round(ious, 2))
 
     predictor = SamaPredictor(model)
     predictor.set_video(video)
     followed = predictor.region_masks(region)  # the per-frame model follows regions the same way
+    found = model.sam2.follow(video, region)
     for slot, frame in enumerate(predictor.context_frames):
         assert np.array_equal(followed[slot], found[frame])
+    with pytest.raises(ValueError, match="unknown follow prompt"):
+        model.sam2.follow(video, region, prompt="memory")
 
 
 def test_a_where_prompt_is_added_to_sam2_logits(clip):

@@ -34,7 +34,7 @@ def model_objective(model: nn.Module, sample: ConversationSample):
 def segmenter_prompt_objective(model: nn.Module, sample: ConversationSample, count: int = PROMPTS_PER_SAMPLE):
     """SAM2 mask loss from prompts made from the truth: boxes (jittered), 1-3 positive points, and
     coarse where-map prompts when the model has a where-map grid - in equal shares."""
-    from ..model.modeling.grounding_head import mask_losses
+    from ..model.modeling.grounding_head import coarse_where_prompt, mask_losses
 
     sam2 = _segmenter_of(model)
     pairs = _visible_pairs(sample)
@@ -63,7 +63,7 @@ def segmenter_prompt_objective(model: nn.Module, sample: ConversationSample, cou
             points, labels = _positive_points([masks[i] for i in members])
             logits.append(sam2.decode_masks(selected, points=(points, labels), orig_hw=(height, width)))
         else:
-            dense = _coarse_where_prompt(torch.stack([masks[i] for i in members]), grid)
+            dense = coarse_where_prompt(torch.stack([masks[i] for i in members]), grid)
             logits.append(sam2.decode_masks(selected, mask_inputs=dense, orig_hw=(height, width)))
         targets += [masks[i] for i in members]
     logits = torch.cat(logits)
@@ -122,17 +122,6 @@ def _where_grid(model: nn.Module) -> tuple[int, int] | None:
     if not getattr(getattr(model, "seg_head", None), "where", False):
         return None
     return tuple(max(1, int(v) // 2) for v in model.sam2.sam2.sam_prompt_encoder.mask_input_size)
-
-
-def _coarse_where_prompt(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, H, W) masks -> (B, 1, h, w) dense prompts as a good where-map would give: the mask's share
-    per grid cell as a distribution, mixed with a little uniform mass, through `dense_prompt`."""
-    from ..model.modeling.grounding_head import dense_prompt
-
-    pooled = F.adaptive_avg_pool2d(masks[:, None].float(), grid)[:, 0]
-    share = pooled / pooled.flatten(1).sum(1).clamp_min(1e-6)[:, None, None]
-    cells = grid[0] * grid[1]
-    return dense_prompt((0.9 * share + 0.1 / cells).log())
 
 
 def has_segmenter(model: nn.Module) -> bool:

@@ -91,6 +91,15 @@ def dense_prompt(log_maps: torch.Tensor) -> torch.Tensor:
     return (log_maps - peak).clamp_min(-8.0)[:, None] + 4.0
 
 
+def coarse_where_prompt(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W) masks -> (B, 1, h, w) dense prompts as a good where-map would give: each mask's share
+    per grid cell as a distribution, mixed with a little uniform mass, through `dense_prompt`."""
+    pooled = F.adaptive_avg_pool2d(masks[:, None].float(), grid)[:, 0]
+    share = pooled / pooled.flatten(1).sum(1).clamp_min(1e-6)[:, None, None]
+    cells = grid[0] * grid[1]
+    return dense_prompt((0.9 * share + 0.1 / cells).log())
+
+
 # ---- point-sampled mask losses ----------------------------------------------------------------
 def sample_points(logits: torch.Tensor, count: int, oversample: float = 3.0, importance: float = 0.75,
                   generator: torch.Generator | None = None) -> torch.Tensor:

@@ -228,6 +228,8 @@ class HeadOutput:
 
 
 FOLLOW_MARGIN = 0.15  # share of a box's size added on each side when following a region frame to frame
+FOLLOW_PROMPTS = ("box", "coarse")
+FOLLOW_PROMPT = "coarse"
 
 
 def _grown_box(mask: np.ndarray, margin: float, size: tuple[int, int]) -> tuple[float, float, float, float] | None:
@@ -564,15 +566,19 @@ class Sam2Grounding(nn.Module):
 
     # ---- streaming propagation over a video ----
     @torch.inference_mode()
-    def follow(self, video, region: Region, frames: Sequence[int] | None = None, margin: float = FOLLOW_MARGIN) -> dict[int, np.ndarray]:
+    def follow(self, video, region: Region, frames: Sequence[int] | None = None, margin: float = FOLLOW_MARGIN,
+               prompt: str = FOLLOW_PROMPT) -> dict[int, np.ndarray]:
         """{frame: (H, W) bool} for the requested frames: one region followed without SAM2 memory.
 
-        The region's own prompt is decoded on its frame; every next frame (forwards, then backwards
-        from the region's frame) is prompted with the box of the mask before it, grown by `margin` of
-        its size on each side. This needs only a decoder trained on box prompts - what the CPU
-        curriculum trains first - while memory propagation needs trained memory attention. Where
-        the object is lost, the last box is kept, so it is found again when it comes back.
+        The region is decoded on its frame; every next frame (forwards, then backwards from the
+        region's frame) is prompted with the mask before it - as its box grown by `margin` of its size
+        on each side (prompt="box"), or as a coarse dense prompt of that grown box's pixels, the kind
+        of prompt a where-map gives, also added to the logits (prompt="coarse"). Either needs only a
+        decoder trained on prompts, while memory propagation needs trained memory attention. Where
+        the object is lost, the last prompt is kept, so it is found again when it comes back.
         """
+        if prompt not in FOLLOW_PROMPTS:
+            raise ValueError(f"unknown follow prompt '{prompt}'; choose one of {', '.join(FOLLOW_PROMPTS)}")
         from sama_agent.segmenters import requested_frames
 
         size = (video.height, video.width)
@@ -580,14 +586,19 @@ class Sam2Grounding(nn.Module):
         if not wanted:
             return {}
         start = video.check_index(region.frame)
-        prompt = frame_prompt([region], size, self.image_size, self.prompt_dim)
-        first = self._decode_prompt(self.encode_uint8(video.frames([start])), prompt, size)
+        if prompt == "coarse":
+            from sama_agent.model.predictor import prompt_mask
+
+            first = self._decode_coarse(self.encode_uint8(video.frames([start])), prompt_mask(region, *size), size)
+        else:
+            first = self._decode_prompt(self.encode_uint8(video.frames([start])), frame_prompt([region], size, self.image_size, self.prompt_dim), size)
+        decode = self._decode_box if prompt == "box" else self._decode_coarse_box
         found = {start: first}
         for step in (1, -1):
             stop = max(wanted) + 1 if step > 0 else min(wanted) - 1
             box = _grown_box(first, margin, size)
             for frame in range(start + step, stop, step):
-                mask = self._decode_box(self.encode_uint8(video.frames([frame])), box, size)
+                mask = decode(self.encode_uint8(video.frames([frame])), box, size)
                 if frame in wanted:
                     found[frame] = mask
                 if mask.any():
@@ -602,6 +613,23 @@ class Sam2Grounding(nn.Module):
         pix = self._without_memory(features)
         head = self.sam_heads(pix, features.maps()[:-1] or None, points, mask, prompt.sparse, multimask=False)
         return (self.upsample(head.low_res_masks, tuple(size))[0, 0] > 0).cpu().numpy()
+
+    def _decode_coarse(self, features: FrameFeatures, mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        from .grounding_head import coarse_where_prompt
+
+        grid = tuple(max(1, int(v) // 2) for v in self.sam2.sam_prompt_encoder.mask_input_size)
+        dense = coarse_where_prompt(torch.from_numpy(np.ascontiguousarray(mask))[None], grid)
+        logits = self.decode_masks(features, mask_inputs=dense, orig_hw=tuple(size))
+        logits = logits + F.interpolate(dense, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+        return (self.upsample(logits, tuple(size))[0, 0] > 0).cpu().numpy()
+
+    def _decode_coarse_box(self, features: FrameFeatures, box: tuple[float, float, float, float] | None, size: tuple[int, int]) -> np.ndarray:
+        if box is None:
+            return np.zeros(size, bool)
+        mask = np.zeros(size, bool)
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        mask[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)] = True
+        return self._decode_coarse(features, mask, size)
 
     def _decode_box(self, features: FrameFeatures, box: tuple[float, float, float, float] | None, size: tuple[int, int]) -> np.ndarray:
         if box is None:
