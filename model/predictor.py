@@ -28,6 +28,8 @@ from sama_agent.errors import RegionError, SamaError
 from sama_agent.masks import MaskTrack
 from sama_agent.regions import PLACEHOLDER, Region, parse_question
 from sama_agent.segmenters import adapt_prompts
+
+WHERE_KEY_FRAMES = 512  # clips up to this long keep their where-keys (32x32x64 floats a frame at 128 px)
 from sama_agent.video import Video
 
 from .modeling.sama import ConversationState, SamaModel, VideoContext
@@ -63,6 +65,7 @@ class SamaPredictor:
         self.state: ConversationState | None = None
         self.history: list[TurnResult] = []
         self.progress = False
+        self._where_keys: dict[int, tuple] = {}  # chunk start -> where-keys of the current video
 
     def _own_segmenter(self):
         """The configured segmenter plugin; "sam2" wraps the model's own (trained) SAM2."""
@@ -79,6 +82,7 @@ class SamaPredictor:
     def set_video(self, video: Video | str | Path) -> None:
         """Decode the context frames and encode them once; starts a new conversation."""
         self.video = video if isinstance(video, Video) else Video(video)
+        self._where_keys = {}
         config = self.model.config
         self.context_frames = self.video.sample(count=config.num_context_frames)
         key_positions = _evenly(len(self.context_frames), config.num_key_frames)
@@ -200,7 +204,7 @@ class SamaPredictor:
         for start in range(0, video.num_frames, batch):
             chunk = list(range(start, min(start + batch, video.num_frames)))
             features = sam2.encode_uint8(video.frames(chunk))
-            dense = self.model.where_prompts(seg_hidden, features)  # (S, len(chunk), 1, h, w) or None
+            dense = self.model.where_prompts(seg_hidden, features, self._chunk_where_keys(start, features))  # (S, len(chunk), 1, h, w)
             for s, track in enumerate(tracks):
                 sparse = prompts[s, [nearest[f] for f in chunk]][:, None]
                 logits = self.model.decode_seg(features, sparse, None if dense is None else dense[s], size, sam2=sam2)
@@ -208,6 +212,16 @@ class SamaPredictor:
                 for f, mask in zip(chunk, (logits[:, 0] > 0).cpu().numpy()):
                     track.set(f, mask)
         return tracks
+
+    def _chunk_where_keys(self, start: int, features):
+        """A chunk's where-keys, kept for the session when the whole clip's fit WHERE_KEY_FRAMES: they do
+        not depend on the question, so a later turn only matches its [SEG] against them."""
+        if start in self._where_keys:
+            return self._where_keys[start]
+        keys = self.model.where_keys(features)
+        if keys is not None and self.video.num_frames <= WHERE_KEY_FRAMES:
+            self._where_keys[start] = keys
+        return keys
 
     def _decode_embedding(self, video, region: Region) -> np.ndarray:
         """A [SEG] embedding on a key frame -> that frame's mask, by the model's own SAM2."""

@@ -223,3 +223,19 @@ def test_a_where_prompt_is_added_to_sam2_logits(clip):
         plain = model.sam2.decode_masks(features, sparse=sparse, orig_hw=size, mask_inputs=dense)
         assert torch.allclose(model.decode_seg(features, sparse, dense, size), plain + dense)
         assert torch.allclose(model.decode_seg(features, sparse, None, size), model.sam2.decode_masks(features, sparse=sparse, orig_hw=size))
+
+
+def test_where_keys_are_kept_per_video_and_give_the_same_masks(clip):
+    video, masks = clip
+    torch.manual_seed(5)
+    model = SamaModel(cue_config(propagation="per_frame"))
+    overfit(model, square_sample(video.frames(range(video.num_frames)), masks), steps=30)
+    predictor = SamaPredictor(model)
+    predictor.set_video(video)
+    first = predictor.ask("segment the red square")
+    assert first.tracks and predictor._where_keys  # kept after the first grounded turn
+    predictor.reset()  # the same question afresh: the same [SEG] state, now matched against kept keys
+    again = predictor.ask("segment the red square")
+    assert [t.rles for t in again.tracks] == [t.rles for t in first.tracks]
+    predictor.set_video(video)
+    assert not predictor._where_keys  # a new video starts afresh

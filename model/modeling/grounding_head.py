@@ -62,13 +62,18 @@ class GroundingHead(nn.Module):
     def where_maps(self, seg_hidden: torch.Tensor, feature_maps: torch.Tensor) -> torch.Tensor:
         """seg_hidden (S, D); feature_maps (T, C, h, w) of T frames -> (S, T, h, w) log-probabilities
         over each frame's grid of where the [SEG] object is."""
+        return self.where_maps_from_keys(seg_hidden, self.where_keys(feature_maps), feature_maps.shape[-2:])
+
+    def where_keys(self, feature_maps: torch.Tensor) -> torch.Tensor:
+        """(T, C, h, w) -> (T, h*w, A): the query-independent half of a where-map (a session can keep it)."""
         if not self.where:
             raise ValueError("this grounding head was built without where=True")
-        frames, _, height, width = feature_maps.shape
+        return self.where_key(feature_maps.flatten(2).transpose(1, 2))
+
+    def where_maps_from_keys(self, seg_hidden: torch.Tensor, keys: torch.Tensor, grid) -> torch.Tensor:
         query = self.where_query(seg_hidden)  # (S, A)
-        keys = self.where_key(feature_maps.flatten(2).transpose(1, 2))  # (T, h*w, A)
         scores = torch.einsum("sa,tna->stn", query, keys) * self.where_scale
-        return scores.log_softmax(dim=-1).reshape(seg_hidden.shape[0], frames, height, width)
+        return scores.log_softmax(dim=-1).reshape(seg_hidden.shape[0], keys.shape[0], *grid)
 
 
 def where_loss(log_maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -506,13 +506,21 @@ class SamaModel(nn.Module):
         logits = (sam2 or self.sam2).decode_masks(features, sparse=sparse, orig_hw=size, mask_inputs=dense)
         return logits if dense is None else logits + dense
 
-    def where_prompts(self, seg_hidden: torch.Tensor, features) -> torch.Tensor | None:
-        """(S, D) [SEG] states and the SAM2 FrameFeatures of any T frames -> (S, T, 1, h, w) dense SAM2
-        prompts from the grounding head's where-maps, or None when the head has none."""
+    def where_prompts(self, seg_hidden: torch.Tensor, features, keys: tuple[torch.Tensor, tuple[int, int]] | None = None) -> torch.Tensor | None:
+        """(S, D) [SEG] states and the SAM2 FrameFeatures of any T frames (or their `where_keys`) ->
+        (S, T, 1, h, w) dense SAM2 prompts from the grounding head's where-maps, or None without them."""
         if not self.seg_head.where:
             return None
-        maps = self.seg_head.where_maps(seg_hidden, self.sam2.where_features(features))
+        keys, grid = keys if keys is not None else self.where_keys(features)
+        maps = self.seg_head.where_maps_from_keys(seg_hidden, keys, grid)
         return dense_prompt(maps.flatten(0, 1)).reshape(*maps.shape[:2], 1, *maps.shape[2:])
+
+    def where_keys(self, features) -> tuple[torch.Tensor, tuple[int, int]] | None:
+        """The query-independent part of the where-maps of T frames: (keys (T, h*w, A), grid), or None."""
+        if not self.seg_head.where:
+            return None
+        maps = self.sam2.where_features(features)
+        return self.seg_head.where_keys(maps), tuple(maps.shape[-2:])
 
     def decode_key_frame(self, video: VideoContext, key: int, prompt: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         """One (256,) prompt on key frame `key` -> (H, W) bool mask at `size`."""
