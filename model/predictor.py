@@ -26,13 +26,13 @@ import torch
 from sama_agent.conversation import grounded_phrases, plain_text
 from sama_agent.errors import RegionError, SamaError
 from sama_agent.masks import MaskTrack
-from sama_agent.regions import PLACEHOLDER, Region, parse_question
+from sama_agent.regions import PLACEHOLDER, Region, parse_question, prompt_mask
 from sama_agent.segmenters import adapt_prompts
-
-WHERE_KEY_FRAMES = 512  # clips up to this long keep their where-keys (32x32x64 floats a frame at 128 px)
 from sama_agent.video import Video
 
 from .modeling.sama import ConversationState, SamaModel, VideoContext
+
+WHERE_KEY_FRAMES = 512  # clips up to this long keep their where-keys (32x32x64 floats a frame at 128 px)
 
 
 @dataclass
@@ -127,9 +127,9 @@ class SamaPredictor:
     def region_masks(self, region: Region) -> np.ndarray:
         """(T, H, W) bool over the context frames: the region's own track when it has one (a mask
         handle, a dataset masklet), else the region followed to every context frame (so its feature
-        pools over all frames where it is visible) - frame to frame by boxes with a per-frame model's
-        own SAM2, by the segmenter's propagation otherwise - else its prompt mask on the nearest
-        context frame."""
+        pools over all frames where it is visible) - frame to frame with a per-frame model's own SAM2
+        (Sam2Grounding.follow), by the segmenter's propagation otherwise - else its prompt mask on the
+        nearest context frame."""
         video = self.video
         if region.mask is None and region.mask_ref is not None:
             raise RegionError(f"{region.to_text()}: resolve the mask reference first (Region.resolve(store)).")
@@ -154,13 +154,13 @@ class SamaPredictor:
         return masks
 
     def _own_sam2(self):
-        """The model's SAM2 when the segmenter is it (directly or behind a feature cache), else None."""
+        """The model's SAM2 when the segmenter is it (either may sit behind a feature cache), else None."""
         grounding = getattr(self.segmenter, "grounding", None)
-        return grounding if getattr(grounding, "_grounding", grounding) is self.model.sam2 else None
+        return grounding if _unwrapped(grounding) is _unwrapped(self.model.sam2) else None
 
     def _follows_per_frame(self) -> bool:
-        """A per-frame model with its own SAM2 follows regions frame to frame by boxes (Sam2Grounding.follow):
-        its SAM2 was trained on prompts, not on memory propagation."""
+        """A per-frame model with its own SAM2 decodes every frame on its own and follows regions frame to
+        frame (Sam2Grounding.follow): its SAM2 was trained on prompts, not on memory propagation."""
         return self.model.config.propagation == "per_frame" and self._own_sam2() is not None
 
     # ---- [SEG] -> tracks ---------------------------------------------------------------------------
@@ -168,7 +168,7 @@ class SamaPredictor:
         if seg_hidden.shape[0] == 0:
             return []
         prompts = self.model.seg_prompts(seg_hidden, self.context).cpu()  # (S, K, 256)
-        if self.model.config.propagation == "per_frame" and getattr(self.segmenter, "grounding", None) is self.model.sam2:
+        if self._follows_per_frame():
             return self._per_frame_tracks(prompts, phrases, seg_hidden)
         object_prompts = {
             s: [Region(frame=frame, embedding=prompts[s, k]) for k, frame in enumerate(self.key_frames)]
@@ -230,21 +230,9 @@ class SamaPredictor:
         return self.model.decode_key_frame(self.context, key, prompt, (video.height, video.width))
 
 
-def prompt_mask(region: Region, height: int, width: int) -> np.ndarray:
-    """The region's own pixels on its frame: its mask, else its box, else small discs at positive points."""
-    if region.mask is not None:
-        return np.asarray(region.mask, bool)
-    mask = np.zeros((height, width), bool)
-    if region.box is not None:
-        x0, y0, x1, y1 = (int(round(v)) for v in region.box)
-        mask[max(y0, 0) : max(y1, y0 + 1), max(x0, 0) : max(x1, x0 + 1)] = True
-        return mask
-    radius = max(2, min(height, width) // 32)
-    ys, xs = np.ogrid[:height, :width]
-    for (x, y), label in zip(region.points, region.labels or (1,) * len(region.points)):
-        if label:
-            mask |= (xs - x) ** 2 + (ys - y) ** 2 <= radius**2
-    return mask
+def _unwrapped(grounding):
+    """A Sam2Grounding itself, whether given bare or behind a session's feature cache."""
+    return getattr(grounding, "_grounding", grounding)
 
 
 def _evenly(total: int, count: int) -> list[int]:

@@ -218,3 +218,26 @@ def _point_at(text: str, start: int, end: int, message: str) -> str:
 
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def box_mask(box: tuple[float, float, float, float], height: int, width: int) -> np.ndarray:
+    """(H, W) bool: the pixels of a box x0, y0, x1, y1 (rounded, at least one pixel, clipped to the frame)."""
+    mask = np.zeros((height, width), bool)
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    mask[max(y0, 0) : max(y1, y0 + 1), max(x0, 0) : max(x1, x0 + 1)] = True
+    return mask
+
+
+def prompt_mask(region: Region, height: int, width: int) -> np.ndarray:
+    """The region's own pixels on its frame: its mask, else its box, else small discs at positive points."""
+    if region.mask is not None:
+        return np.asarray(region.mask, bool)
+    if region.box is not None:
+        return box_mask(region.box, height, width)
+    mask = np.zeros((height, width), bool)
+    radius = max(2, min(height, width) // 32)
+    ys, xs = np.ogrid[:height, :width]
+    for (x, y), label in zip(region.points, region.labels or (1,) * len(region.points)):
+        if label:
+            mask |= (xs - x) ** 2 + (ys - y) ** 2 <= radius**2
+    return mask

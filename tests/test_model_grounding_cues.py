@@ -83,7 +83,7 @@ def test_aggregator_with_cues_needs_them_and_tells_motions_apart():
 
 # ---- where-maps -------------------------------------------------------------------------------
 def test_where_maps_are_distributions_and_the_loss_prefers_the_right_cell():
-    head = GroundingHead(32, prompt_dim=16, hidden=16, where=True, patch_dim=8)
+    head = GroundingHead(32, prompt_dim=16, hidden=16, where=True, feature_dim=8)
     maps = head.where_maps(torch.randn(3, 32), torch.randn(4, 8, 4, 4))
     assert maps.shape == (3, 4, 4, 4)
     assert torch.allclose(maps.exp().flatten(2).sum(-1), torch.ones(3, 4), atol=1e-5)

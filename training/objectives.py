@@ -117,11 +117,11 @@ def box_prompt_iou(model: nn.Module, sample: ConversationSample, frames: list[in
 
 
 def _where_grid(model: nn.Module) -> tuple[int, int] | None:
-    """The grid coarse where-prompts are pooled to - half SAM2's mask-prompt size, so SAM2 learns to
-    sharpen them - or None when the model's grounding head makes no where-maps."""
+    """The grid coarse where-prompts are pooled to (Sam2Grounding.coarse_grid), or None when the
+    model's grounding head makes no where-maps."""
     if not getattr(getattr(model, "seg_head", None), "where", False):
         return None
-    return tuple(max(1, int(v) // 2) for v in model.sam2.sam2.sam_prompt_encoder.mask_input_size)
+    return model.sam2.coarse_grid
 
 
 def has_segmenter(model: nn.Module) -> bool:

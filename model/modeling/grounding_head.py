@@ -9,12 +9,12 @@ With `where=True` the head also says *where* on each frame: the [SEG] state is
 matched against that frame's SAM2 features (all levels brought to the finest,
 stride 4), giving a map of log-probabilities that sum to one per frame. The map
 is learnt directly against the ground-truth mask pooled to its grid
-(`where_loss`: the best map spreads evenly over the object) and is handed to
-SAM2 as a dense mask prompt at SAM2's own mask-prompt size, and added to SAM2's
-mask logits (SamaModel.decode_seg): SAM2 outlines, the map says which object. A small SAM2 learns to pick one object from a
-sparse embedding slowly on CPU (it first learns to light up every object); a
-dense "it is about here" prompt gives it the location and leaves it the
-outline, which it learns quickly.
+(`where_loss`: the best map spreads evenly over the object), handed to SAM2 as
+a dense mask prompt at SAM2's own mask-prompt size, and added to SAM2's mask
+logits (SamaModel.decode_seg): SAM2 outlines, the map says which object. A
+small SAM2 learns to pick one object from a sparse embedding slowly on CPU (it
+first learns to light up every object); the map gives it the location and
+leaves it the outline, which it learns quickly.
 
 Losses follow SAMA: sigmoid BCE and dice on point-sampled mask logits, with
 importance sampling toward uncertain points (as in Mask2Former / PointRend).
@@ -30,16 +30,16 @@ class GroundingHead(nn.Module):
     """(S, D) [SEG] hidden states (+ (K, D) key-frame summaries) -> (S, K, prompt_dim) sparse prompts."""
 
     def __init__(self, hidden_size: int, prompt_dim: int = 256, hidden: int = 256, per_frame: bool = False, dropout: float = 0.0,
-                 where: bool = False, patch_dim: int | None = None, where_dim: int = 64):
+                 where: bool = False, feature_dim: int | None = None, where_dim: int = 64):
         super().__init__()
         self.per_frame = per_frame
         self.prompt_dim = prompt_dim
         self.where = bool(where)
         if self.where:
-            if not patch_dim:
-                raise ValueError("GroundingHead(where=True) needs patch_dim, the channels of the feature maps it reads")
+            if not feature_dim:
+                raise ValueError("GroundingHead(where=True) needs feature_dim, the channels of the feature maps it reads")
             self.where_query = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, where_dim))
-            self.where_key = nn.Sequential(nn.LayerNorm(patch_dim), nn.Linear(patch_dim, where_dim))
+            self.where_key = nn.Sequential(nn.LayerNorm(feature_dim), nn.Linear(feature_dim, where_dim))
             self.where_scale = where_dim ** -0.5
         self.mlp = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, hidden), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(hidden, prompt_dim))
@@ -57,7 +57,6 @@ class GroundingHead(nn.Module):
             pairs = torch.cat([seg_hidden[:, None].expand(-1, frames, -1), frame_summaries[None].expand(seg_hidden.shape[0], -1, -1)], -1)
             prompts = prompts + self.frame_mlp(pairs)
         return prompts
-
 
     def where_maps(self, seg_hidden: torch.Tensor, feature_maps: torch.Tensor) -> torch.Tensor:
         """seg_hidden (S, D); feature_maps (T, C, h, w) of T frames -> (S, T, h, w) log-probabilities

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sama_agent.errors import CheckpointError, RegionError
-from sama_agent.regions import Region
+from sama_agent.regions import Region, box_mask, prompt_mask
 
 from .sam2_memory import FramePrompt, ObjectMemory, frame_prompt
 from .sam2_trunks import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD
@@ -355,6 +355,11 @@ class Sam2Grounding(nn.Module):
         return head.low_res_masks
 
     @property
+    def coarse_grid(self) -> tuple[int, int]:
+        """Where a coarse dense prompt is pooled: half the mask-prompt size, so SAM2 sharpens what it is given."""
+        return tuple(max(1, int(v) // 2) for v in self.sam2.sam_prompt_encoder.mask_input_size)
+
+    @property
     def where_channels(self) -> int:
         """Channels of `where_features`: the mask decoder's two high-resolution maps and the top level."""
         dim, levels = self.prompt_dim, self.sam2.num_feature_levels
@@ -564,7 +569,7 @@ class Sam2Grounding(nn.Module):
                 logits[t] = out["pred_masks"]
         return torch.cat(logits, dim=1).transpose(0, 1)
 
-    # ---- streaming propagation over a video ----
+    # ---- following a region and streaming propagation over a video ----
     @torch.inference_mode()
     def follow(self, video, region: Region, frames: Sequence[int] | None = None, margin: float = FOLLOW_MARGIN,
                prompt: str = FOLLOW_PROMPT) -> dict[int, np.ndarray]:
@@ -579,6 +584,8 @@ class Sam2Grounding(nn.Module):
         """
         if prompt not in FOLLOW_PROMPTS:
             raise ValueError(f"unknown follow prompt '{prompt}'; choose one of {', '.join(FOLLOW_PROMPTS)}")
+        if not region.kinds & {"box", "points", "mask"}:
+            raise RegionError(f"{region.to_text()}: following a region needs its box, points or mask on its frame.")
         from sama_agent.segmenters import requested_frames
 
         size = (video.height, video.width)
@@ -587,8 +594,6 @@ class Sam2Grounding(nn.Module):
             return {}
         start = video.check_index(region.frame)
         if prompt == "coarse":
-            from sama_agent.model.predictor import prompt_mask
-
             first = self._decode_coarse(self.encode_uint8(video.frames([start])), prompt_mask(region, *size), size)
         else:
             first = self._decode_prompt(self.encode_uint8(video.frames([start])), frame_prompt([region], size, self.image_size, self.prompt_dim), size)
@@ -617,8 +622,7 @@ class Sam2Grounding(nn.Module):
     def _decode_coarse(self, features: FrameFeatures, mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         from .grounding_head import coarse_where_prompt
 
-        grid = tuple(max(1, int(v) // 2) for v in self.sam2.sam_prompt_encoder.mask_input_size)
-        dense = coarse_where_prompt(torch.from_numpy(np.ascontiguousarray(mask))[None], grid)
+        dense = coarse_where_prompt(torch.from_numpy(np.ascontiguousarray(mask))[None], self.coarse_grid)
         logits = self.decode_masks(features, mask_inputs=dense, orig_hw=tuple(size))
         logits = logits + F.interpolate(dense, size=logits.shape[-2:], mode="bilinear", align_corners=False)
         return (self.upsample(logits, tuple(size))[0, 0] > 0).cpu().numpy()
@@ -626,10 +630,7 @@ class Sam2Grounding(nn.Module):
     def _decode_coarse_box(self, features: FrameFeatures, box: tuple[float, float, float, float] | None, size: tuple[int, int]) -> np.ndarray:
         if box is None:
             return np.zeros(size, bool)
-        mask = np.zeros(size, bool)
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
-        mask[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)] = True
-        return self._decode_coarse(features, mask, size)
+        return self._decode_coarse(features, box_mask(box, *size), size)
 
     def _decode_box(self, features: FrameFeatures, box: tuple[float, float, float, float] | None, size: tuple[int, int]) -> np.ndarray:
         if box is None:

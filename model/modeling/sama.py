@@ -121,7 +121,7 @@ class SamaModel(nn.Module):
         self.sam2 = Sam2Grounding(config=sam2_options)
         head_options = dict(config.seg_head_options)
         if head_options.get("where"):
-            head_options.setdefault("patch_dim", self.sam2.where_channels)
+            head_options.setdefault("feature_dim", self.sam2.where_channels)
         self.seg_head = GroundingHead(hidden, prompt_dim=self.sam2.prompt_dim, **head_options)
         self._check_llm_tokens()
         self._apply_freeze()
@@ -192,12 +192,10 @@ class SamaModel(nn.Module):
         patch_tokens = self.encoder.encode(pixels)
         key_tokens, summaries = self.key_frame_tokens(patch_tokens[key_positions])
         all_features = sam2_features = None
-        if not with_sam2:
-            pass
-        elif sam2_all_frames:
+        if with_sam2 and sam2_all_frames:
             all_features = self.sam2.encode_frames(pixels)
             sam2_features = all_features.select(key_positions)
-        else:
+        elif with_sam2:
             sam2_features = self.sam2.encode_frames(pixels[key_positions])
         return VideoContext(patch_tokens, key_positions, key_tokens, summaries, sam2_features, tuple(pixels.shape[-2:]), all_features,
                             pixels)
@@ -354,15 +352,18 @@ class SamaModel(nn.Module):
         bce_total = dice_total = where_total = self.device_zero()
         masks_total, where_count, key_frame_logits, pred_masks = 0, 0, [], []
         for row, item in enumerate(prepared):
-            if use_where and item["seg_positions"]:
-                maps = self.seg_head.where_maps(hidden[row][item["seg_positions"]], self.sam2.where_features(item["video"].sam2_features))
-                mean, count = where_loss(maps.flatten(0, 1), item["seg_targets"].flatten(0, 1).to(maps.device))  # (S, K, h, w)
+            # the key frames' where-maps, made once: their loss and the [SEG] masks' dense prompts
+            maps = None
+            if run_llm and item["seg_positions"] and item["video"].sam2_features is not None:
+                maps = self.where_maps(hidden[row][item["seg_positions"]], item["video"].sam2_features)  # (S, K, h, w)
+            if use_where and maps is not None:
+                mean, count = where_loss(maps.flatten(0, 1), item["seg_targets"].flatten(0, 1).to(maps.device))
                 where_total, where_count = where_total + mean * count, where_count + count
             positions = item["seg_positions"] if run_masks else []
             if box_phase:
                 logits, targets = self._box_logits(item["video"], item["seg_targets"])
             elif positions:
-                logits, targets = self._seg_logits(hidden[row][positions], item["video"], item["seg_targets"])
+                logits, targets = self._seg_logits(hidden[row][positions], item["video"], item["seg_targets"], maps)
             else:
                 logits = targets = None
             losses = [(logits, targets)]
@@ -482,10 +483,11 @@ class SamaModel(nn.Module):
             chosen = logits[:, :-1][where]
         return F.cross_entropy(chosen.float(), targets[where]), count
 
-    def _seg_logits(self, seg_hidden: torch.Tensor, video: VideoContext, targets: torch.Tensor | None):
-        """(S, D) [SEG] states -> low-res logits (S * K, 1, h, w) on the key frames, and targets (S * K, 1, H, W)."""
+    def _seg_logits(self, seg_hidden: torch.Tensor, video: VideoContext, targets: torch.Tensor | None, maps: torch.Tensor | None):
+        """(S, D) [SEG] states and their key-frame where-maps (S, K, h, w) or None -> low-res logits
+        (S * K, 1, h, w) on the key frames, and targets (S * K, 1, H, W)."""
         prompts = self.seg_head(seg_hidden, video.frame_summaries)  # (S, K, 256)
-        dense = self.where_prompts(seg_hidden, video.sam2_features)  # (S, K, 1, h, w) or None
+        dense = None if maps is None else _dense_prompts(maps)  # (S, K, 1, h, w)
         segs, keys = prompts.shape[:2]
         # one decode per [SEG] over the K key frames: no copies of the key frames' feature maps
         logits = torch.cat([self.decode_seg(video.sam2_features, prompts[s][:, None], None if dense is None else dense[s], video.frame_size)
@@ -506,14 +508,18 @@ class SamaModel(nn.Module):
         logits = (sam2 or self.sam2).decode_masks(features, sparse=sparse, orig_hw=size, mask_inputs=dense)
         return logits if dense is None else logits + dense
 
-    def where_prompts(self, seg_hidden: torch.Tensor, features, keys: tuple[torch.Tensor, tuple[int, int]] | None = None) -> torch.Tensor | None:
+    def where_maps(self, seg_hidden: torch.Tensor, features, keys: tuple[torch.Tensor, tuple[int, int]] | None = None) -> torch.Tensor | None:
         """(S, D) [SEG] states and the SAM2 FrameFeatures of any T frames (or their `where_keys`) ->
-        (S, T, 1, h, w) dense SAM2 prompts from the grounding head's where-maps, or None without them."""
+        (S, T, h, w) where-map log-probabilities, or None when the grounding head makes none."""
         if not self.seg_head.where:
             return None
         keys, grid = keys if keys is not None else self.where_keys(features)
-        maps = self.seg_head.where_maps_from_keys(seg_hidden, keys, grid)
-        return dense_prompt(maps.flatten(0, 1)).reshape(*maps.shape[:2], 1, *maps.shape[2:])
+        return self.seg_head.where_maps_from_keys(seg_hidden, keys, grid)
+
+    def where_prompts(self, seg_hidden: torch.Tensor, features, keys: tuple[torch.Tensor, tuple[int, int]] | None = None) -> torch.Tensor | None:
+        """As where_maps, as (S, T, 1, h, w) dense SAM2 prompts."""
+        maps = self.where_maps(seg_hidden, features, keys)
+        return None if maps is None else _dense_prompts(maps)
 
     def where_keys(self, features) -> tuple[torch.Tensor, tuple[int, int]] | None:
         """The query-independent part of the where-maps of T frames: (keys (T, h*w, A), grid), or None."""
@@ -721,6 +727,11 @@ def _resolve_files(options: dict, base_dir: str | Path | None) -> dict:
     if base_dir is not None and isinstance(options.get("tokenizer_file"), str) and not Path(options["tokenizer_file"]).is_absolute():
         options["tokenizer_file"] = str(Path(base_dir) / options["tokenizer_file"])
     return options
+
+
+def _dense_prompts(maps: torch.Tensor) -> torch.Tensor:
+    """(S, T, h, w) where-maps -> (S, T, 1, h, w) dense SAM2 prompts."""
+    return dense_prompt(maps.flatten(0, 1)).reshape(*maps.shape[:2], 1, *maps.shape[2:])
 
 
 def _to_pixels(frames, device) -> torch.Tensor:
