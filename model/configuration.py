@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,33 @@ from sama_agent.jsonfile import read_json
 CONFIG_VERSION = 1
 
 
+def check_attributes(attributes: Mapping) -> list[str]:
+    """Problems with a region_attributes config, as sentences (empty when it is valid)."""
+    problems = []
+    if not isinstance(attributes, Mapping):
+        return ["'region_attributes' must be a JSON object of {name: {field, index, values}}"]
+    for name, spec in attributes.items():
+        where = f"region_attributes.{name}"
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("field"), str):
+            problems.append(f"'{where}' needs a 'field' naming the key of a turn's expect")
+            continue
+        values = spec.get("values")
+        if not isinstance(values, list) or len(values) < 2 or not all(isinstance(v, str) for v in values):
+            problems.append(f"'{where}.values' must list at least two strings")
+        unknown = sorted(set(spec) - {"field", "index", "values"})
+        if unknown:
+            problems.append(f"'{where}' has unknown key(s) {', '.join(unknown)}; use field, index and values")
+        if "index" in spec and not (isinstance(spec["index"], int) and spec["index"] >= 0):
+            problems.append(f"'{where}.index' must be a non-negative integer")
+    return problems
+
+
 @dataclass
 class SamaConfig:
     """Everything needed to rebuild a SamaModel (weights aside).
 
     Parameter names inside SamaModel start with `encoder.`, `aggregator.`,
-    `projector.`, `llm.`, `seg_head.` or `sam2.`; `freeze` lists name
+    `projector.`, `llm.`, `seg_head.`, `sam2.` or `region_heads.`; `freeze` lists name
     prefixes whose parameters are not trained (e.g. "encoder", "llm.base",
     "sam2.image_encoder.trunk").
     """
@@ -59,6 +81,9 @@ class SamaConfig:
     bce_loss_weight: float = 2.0
     dice_loss_weight: float = 0.5
     where_loss_weight: float = 1.0  # the grounding head's where-map (seg_head_options.where), if it has one
+    # Auxiliary heads reading labelled attributes off region tokens (region_attributes.py); {} builds none.
+    region_attributes: dict = field(default_factory=dict)
+    region_attribute_loss_weight: float = 0.5
     mask_points: int = 1024  # point-sampled mask loss: points per mask
     mask_oversample: float = 3.0
     mask_importance: float = 0.75
@@ -96,6 +121,7 @@ class SamaConfig:
             problems.append(f"'propagation' must be 'memory' or 'per_frame', got '{self.propagation}'")
         if self.mask_points < 1:
             problems.append("'mask_points' must be at least 1")
+        problems += check_attributes(self.region_attributes)
         if problems:
             raise ValueError("invalid SAMA config: " + "; ".join(problems) + ".")
         return self

@@ -10,7 +10,7 @@ from model_fixtures import one_thread, overfit, square_frames, square_sample, ti
 from sama_agent.masks import MaskTrack
 from sama_agent.model.modeling.aggregator import SpatioTemporalQFormer
 from sama_agent.model.modeling.grounding_head import GroundingHead, coarse_where_prompt, dense_prompt, where_loss
-from sama_agent.model.modeling.region_cues import CUE_DIM, PATH_SLOTS, region_cues
+from sama_agent.model.modeling.region_cues import CUE_DIM, MOTION_DIM, PATH_SLOTS, motion_features, region_cues
 from sama_agent.model.modeling.sama import SamaModel
 from sama_agent.model.predictor import SamaPredictor
 from sama_agent.regions import Region
@@ -79,6 +79,42 @@ def test_aggregator_with_cues_needs_them_and_tells_motions_apart():
     b = aggregator.region_tokens(patches, masks, box, cues=moving)
     assert torch.allclose(a[:, 0], b[:, 0])  # the pooled feature is the same
     assert not torch.allclose(a[:, 1], b[:, 1])  # the shape-and-path token differs
+
+
+def test_motion_features_are_the_path_steps_where_the_region_shows():
+    frames, masks = square_frames()  # moves right for half the clip, then stays
+    cues = region_cues(torch.from_numpy(masks[None]).float(), pixels_of(frames))
+    motion = motion_features(cues)[0]
+    assert motion.shape == (MOTION_DIM,)
+    steps = motion[:2 * (PATH_SLOTS - 1)].reshape(PATH_SLOTS - 1, 2)
+    assert torch.all(steps[:3, 0] > 0) and torch.allclose(steps[-2:, 0], torch.zeros(2))  # right, then still
+    assert torch.allclose(steps[:, 1], torch.zeros(PATH_SLOTS - 1))
+    first_speed, second_speed = motion[-2:]
+    assert first_speed > 0.1 and second_speed < first_speed
+    hidden = masks.copy()
+    hidden[:8] = False  # enters halfway: no step is counted from where it was not
+    late = motion_features(region_cues(torch.from_numpy(hidden[None]).float(), pixels_of(frames)))[0]
+    assert torch.allclose(late[:6], torch.zeros(6))
+
+
+def test_aggregator_with_a_motion_branch_needs_cues_and_separates_steps():
+    with pytest.raises(ValueError, match="region_cues=True"):
+        SpatioTemporalQFormer(in_dim=16, out_dim=24, dim=16, heads=2, spatial_queries=2, temporal_queries=2, region_motion=True)
+    torch.manual_seed(0)
+    aggregator = SpatioTemporalQFormer(in_dim=16, out_dim=24, dim=16, heads=2, spatial_queries=2, temporal_queries=2,
+                                       region_cues=True, region_motion=True)
+    patches, masks, box = torch.randn(5, 16, 16), torch.ones(1, 5, 4, 4), torch.tensor([[0.1, 0.1, 0.9, 0.9]])
+    left, right = torch.zeros(1, CUE_DIM), torch.zeros(1, CUE_DIM)
+    left[0, 11::4] = right[0, 11::4] = 1  # shown at every slot
+    left[0, 8::4], right[0, 8::4] = -torch.linspace(0, 1, PATH_SLOTS), torch.linspace(0, 1, PATH_SLOTS)
+    a = aggregator.region_tokens(patches, masks, box, cues=left)
+    b = aggregator.region_tokens(patches, masks, box, cues=right)
+    branch = aggregator.region_motion
+    aggregator.region_motion = None
+    plain = aggregator.region_tokens(patches, masks, box, cues=left)
+    aggregator.region_motion = branch
+    assert torch.allclose(a[:, 1] - plain[:, 1], branch(motion_features(left)), atol=1e-6)  # added to the shape token
+    assert torch.allclose(a[:, 0], b[:, 0]) and not torch.allclose(a[:, 1], b[:, 1])
 
 
 # ---- where-maps -------------------------------------------------------------------------------

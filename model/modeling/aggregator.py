@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .region_cues import CUE_DIM
+from .region_cues import CUE_DIM, MOTION_DIM, motion_features
 
 
 class CrossBlock(nn.Module):
@@ -74,7 +74,8 @@ class SpatioTemporalQFormer(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, dim: int = 128, heads: int = 4, spatial_queries: int = 8,
                  temporal_queries: int = 16, spatial_layers: int = 1, temporal_layers: int = 2,
                  context_layers: int = 1, window: int = 16, grid: tuple[int, int] | list | None = None,
-                 shape_size: int = 16, max_frames: int = 256, region_cues: bool = False):
+                 shape_size: int = 16, max_frames: int = 256, region_cues: bool = False,
+                 region_motion: bool = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"st-qformer: dim {dim} must be divisible by heads {heads}")
@@ -96,6 +97,11 @@ class SpatioTemporalQFormer(nn.Module):
         # box, (area, visible fraction), canonical mask crop [, colour and path cues (region_cues.py)]
         shape_inputs = 4 + 2 + shape_size * shape_size + (CUE_DIM if self.region_cues else 0)
         self.region_shape = nn.Sequential(nn.Linear(shape_inputs, dim), nn.GELU(), nn.Linear(dim, out_dim))
+        # the path's steps through their own MLP, added to the shape token: among 300 shape inputs
+        # the 32 path values are learned from too slowly for motion words (region_cues.motion_features)
+        if region_motion and not self.region_cues:
+            raise ValueError("st-qformer: region_motion reads the path in the region cues; build with region_cues=True too.")
+        self.region_motion = nn.Sequential(nn.Linear(MOTION_DIM, dim), nn.GELU(), nn.Linear(dim, out_dim)) if region_motion else None
 
     # ---- positions ------------------------------------------------------------------------
     def _patch_positions(self, count: int, device) -> torch.Tensor:
@@ -196,6 +202,8 @@ class SpatioTemporalQFormer(nn.Module):
             parts.append(cues.to(feature.dtype))
         shape_inputs = torch.cat(parts, dim=1)
         shape = self.region_shape(shape_inputs)
+        if self.region_motion is not None:
+            shape = shape + self.region_motion(motion_features(cues.to(feature.dtype)))
         return torch.stack([feature, shape], dim=1)
 
 

@@ -52,3 +52,24 @@ def region_cues(masks: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
     # offsets are a few hundredths of the frame per step: scale them to unit-ish size for the MLP
     path = torch.stack([path_x * 4, path_y * 4, relative_area * 10, shown[:, slots]], dim=2).flatten(1)
     return torch.cat([mean, std, start_x[:, None], start_y[:, None], path], dim=1)
+
+
+MOTION_DIM = 2 * (PATH_SLOTS - 1) + 6
+
+
+def motion_features(cues: torch.Tensor) -> torch.Tensor:
+    """(R, CUE_DIM) cues -> (R, MOTION_DIM) the path as steps: where it went between slots, on
+    average in the first and second half, and how fast in each half.
+
+    The path holds positions; a motion word is about steps (their direction, sign changes, growth).
+    An MLP can learn the difference, but slowly from a few thousand examples; given the steps it
+    learns motion words several times faster. A step counts only where the region shows at both ends.
+    """
+    path = cues[:, 8:].reshape(cues.shape[0], PATH_SLOTS, 4)
+    shown = path[:, 1:, 3] * path[:, :-1, 3]
+    steps = (path[:, 1:, :2] - path[:, :-1, :2]) * shown[..., None] * 4  # (R, S-1, 2), unit-ish
+    half = (PATH_SLOTS - 1) // 2
+    first, second = steps[:, :half], steps[:, -half:]
+    first_mean, second_mean = first.mean(1), second.mean(1)
+    first_speed, second_speed = first.norm(dim=2).mean(1, keepdim=True), second.norm(dim=2).mean(1, keepdim=True)
+    return torch.cat([steps.flatten(1), first_mean, second_mean, first_speed, second_speed], dim=1)

@@ -42,6 +42,7 @@ from sama_agent.regions import PLACEHOLDER
 from ..configuration import SamaConfig
 from .grounding_head import GroundingHead, dense_prompt, mask_losses, where_loss
 from .llm import CTX, END, IMG, P_CLOSE, P_OPEN, REG, SEG, VIDEO_CLOSE, VIDEO_OPEN, VP_CLOSE, VP_OPEN
+from .region_attributes import RegionAttributeHeads
 from .region_cues import region_cues
 
 TENSOR_DIGESTS_KEY = "sama_agent.tensor_sha256"
@@ -66,12 +67,15 @@ class SamaOutput:
     key_frame_logits: list = field(default_factory=list)  # per sample: (S, K, 1, h, w) low-res logits or None
     pred_masks: list | None = None  # eval mode: per turn (S, T, h, w) logits (a list of those per sample for a batch)
     where_loss: torch.Tensor | None = None  # the grounding head's where-map loss, when it has one
+    attribute_loss: torch.Tensor | None = None  # the region attribute heads' loss, when the model has them
 
     def log_dict(self) -> dict[str, float]:
         values = {"loss": float(self.loss.detach()), "lm_loss": float(self.lm_loss), "bce_loss": float(self.bce_loss),
                   "dice_loss": float(self.dice_loss), "answer_tokens": self.num_answer_tokens, "masks": self.num_masks}
         if self.where_loss is not None:
             values["where_loss"] = float(self.where_loss)
+        if self.attribute_loss is not None:
+            values["attribute_loss"] = float(self.attribute_loss)
         return values
 
 
@@ -123,6 +127,7 @@ class SamaModel(nn.Module):
         if head_options.get("where"):
             head_options.setdefault("feature_dim", self.sam2.where_channels)
         self.seg_head = GroundingHead(hidden, prompt_dim=self.sam2.prompt_dim, **head_options)
+        self.region_heads = RegionAttributeHeads(hidden, config.region_attributes) if config.region_attributes else None
         self._check_llm_tokens()
         self._apply_freeze()
 
@@ -299,22 +304,23 @@ class SamaModel(nn.Module):
         (SAM2 learns from ground-truth boxes on the key frames; the LLM is skipped when its loss weight
         is 0) or "track" (as "seg", plus SAM2 memory tracking from the middle key frame's [SEG] prompt
         over every context frame, which trains the memory attention and encoder propagation uses).
-        phase["loss_weights"]: {"lm": w, "bce": w, "dice": w} overriding the config's weights.
+        phase["loss_weights"]: {"lm": w, "bce": w, "dice": w, "where": w, "attribute": w} overriding the config's weights.
         """
         phase = dict(phase or {})
         model_phase = phase.get("model_phase") or "seg"
         if model_phase not in MODEL_PHASES:
             raise ValueError(f"unknown model_phase '{model_phase}'; SamaModel knows {', '.join(MODEL_PHASES)}.")
         weights = dict(phase.get("loss_weights") or {})
-        unknown = sorted(set(weights) - {"lm", "bce", "dice", "where"})
+        unknown = sorted(set(weights) - {"lm", "bce", "dice", "where", "attribute"})
         if unknown:
-            raise ValueError(f"unknown loss weight(s) {unknown}; use lm, bce, dice and where.")
+            raise ValueError(f"unknown loss weight(s) {unknown}; use lm, bce, dice, where and attribute.")
         self.model_phase, self.loss_weights = model_phase, weights
 
-    def _weights(self) -> tuple[float, float, float, float]:
+    def _weights(self) -> tuple[float, float, float, float, float]:
         cfg, override = self.config, getattr(self, "loss_weights", {})
         return (float(override.get("lm", cfg.lm_loss_weight)), float(override.get("bce", cfg.bce_loss_weight)),
-                float(override.get("dice", cfg.dice_loss_weight)), float(override.get("where", cfg.where_loss_weight)))
+                float(override.get("dice", cfg.dice_loss_weight)), float(override.get("where", cfg.where_loss_weight)),
+                float(override.get("attribute", cfg.region_attribute_loss_weight)))
 
     def forward(self, batch: ConversationSample | Sequence[ConversationSample]) -> SamaOutput:
         """Teacher-forced loss over every turn of every conversation in the batch.
@@ -325,7 +331,7 @@ class SamaModel(nn.Module):
         samples = [batch] if isinstance(batch, ConversationSample) else list(batch)
         if not samples:
             raise ValueError("forward needs at least one ConversationSample")
-        lm_weight, bce_weight, dice_weight, where_weight = self._weights()
+        lm_weight, bce_weight, dice_weight, where_weight, attribute_weight = self._weights()
         box_phase = getattr(self, "model_phase", "seg") == "mask_prompt"
         run_llm = not box_phase or lm_weight > 0
         use_where = self.seg_head.where and where_weight > 0 and run_llm
@@ -381,13 +387,18 @@ class SamaModel(nn.Module):
         bce_loss = bce_total / max(masks_total, 1)
         dice_loss = dice_total / max(masks_total, 1)
         loss = lm_weight * lm_loss + bce_weight * bce_loss + dice_weight * dice_loss
-        where = None
+        where = attribute = None
         if self.seg_head.where:
             where = where_total / max(where_count, 1)
             loss = loss + where_weight * where
             where = where.detach()
+        if self.region_heads is not None and run_llm:
+            attribute, _ = self.region_heads.loss([t for item in prepared for t in item["attribute_tokens"]],
+                                                  [found for item in prepared for found in item["attribute_labels"]])
+            loss = loss + attribute_weight * attribute
+            attribute = attribute.detach()
         output = SamaOutput(loss, lm_loss.detach(), bce_loss.detach(), dice_loss.detach(), answer_tokens, masks_total, key_frame_logits,
-                            where_loss=where)
+                            where_loss=where, attribute_loss=attribute)
         if pred_masks:
             output.pred_masks = pred_masks[0] if len(samples) == 1 else pred_masks
         return output
@@ -453,10 +464,12 @@ class SamaModel(nn.Module):
             raise ValueError(f"sample {sample.video_id}: frames must be (T, H, W, 3) uint8, got {frames.shape}")
         context_positions, key_positions = self.frame_positions(len(frames))
         video = self.encode_video(frames[context_positions], key_positions, sam2_all_frames=sam2_all_frames, with_sam2=with_sam2)
-        embeds, labels, seg_positions = None, [], []
+        embeds, labels, seg_positions, attribute_tokens, attribute_labels = None, [], [], [], []
         if with_text:
             pieces = self.conversation_pieces(video, sample, context_positions)
             embeds, _, labels, seg_positions = self.embed_pieces(pieces)
+            if self.region_heads is not None:
+                attribute_tokens, attribute_labels = self._attribute_targets(sample, pieces)
         segs_per_turn = [len(t.seg_masks) for t in sample.turns]
         targets = [np.asarray(t.seg_masks, dtype=bool) for t in sample.turns if len(t.seg_masks)]
         targets = np.concatenate(targets, 0) if targets else np.zeros((0, *frames.shape[:3]), bool)
@@ -468,7 +481,22 @@ class SamaModel(nn.Module):
         absolute_keys = [context_positions[k] for k in key_positions]
         seg_targets = torch.from_numpy(targets[:, absolute_keys]) if len(targets) else None
         return {"embeds": embeds, "labels": labels, "seg_positions": seg_positions, "video": video, "seg_targets": seg_targets,
-                "frames": frames, "context_positions": context_positions, "segs_per_turn": segs_per_turn, "all_targets": targets}
+                "frames": frames, "context_positions": context_positions, "segs_per_turn": segs_per_turn, "all_targets": targets,
+                "attribute_tokens": attribute_tokens, "attribute_labels": attribute_labels}
+
+    def _attribute_targets(self, sample: ConversationSample, pieces: Sequence[PromptPiece]) -> tuple[list, list]:
+        """The region tokens of each single-region question whose turn meta labels an attribute, and the labels."""
+        tokens, labels = [], []
+        turn_meta = sample.meta.get("turn_meta") or [None] * len(sample.turns)
+        for number, (turn, meta) in enumerate(zip(sample.turns, turn_meta)):
+            if len(turn.region_masks) != 1 or not isinstance(meta, dict):
+                continue
+            found = self.region_heads.labels(meta.get("expect"))
+            if found:
+                question = pieces[1 + 2 * number]  # prefix, then (question, answer) per turn
+                tokens.append(question.fills[1].reshape(2, -1))
+                labels.append(found)
+        return tokens, labels
 
     def _lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor | None) -> tuple[torch.Tensor, int]:
         """Cross-entropy of next-token prediction on label positions only (logits computed only there)."""

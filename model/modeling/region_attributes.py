@@ -1,0 +1,67 @@
+"""Auxiliary heads that read attributes of a region (its motion, say) off its two region tokens.
+
+A small LLM trained from scratch learns colour and shape words from the region
+tokens, but its motion words collapse onto the most frequent phrase: the path
+is in the shape token's inputs (region_cues.py), yet nothing makes the token
+carry it in a form the LLM's attention picks up. A linear head per attribute,
+trained with cross-entropy against labels the data supplies, gives the region
+tokens that direct signal; the words themselves are still learned by the LLM.
+
+Configured as data (SamaConfig.region_attributes):
+
+    {"motion": {"field": "motions", "index": 0, "values": ["moves left", ...]}}
+
+Labels come from a turn's `expect` (the world generator writes it into each
+record's meta, see training/world/language.py): `expect[field]`, or its
+`index`-th element when it is a list. A turn without `expect`, with more than
+one region, or whose value is not among `values`, gives no label: real
+SAMA-239K data, which has none, trains exactly as without the heads.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..configuration import check_attributes
+
+
+class RegionAttributeHeads(nn.Module):
+    """One linear classifier per attribute over a region's two tokens, flattened."""
+
+    def __init__(self, hidden: int, attributes: Mapping):
+        super().__init__()
+        problems = check_attributes(attributes)
+        if problems:
+            raise ValueError("invalid region attributes: " + "; ".join(problems) + ".")
+        self.attributes = {name: dict(spec) for name, spec in attributes.items()}
+        self.heads = nn.ModuleDict({name: nn.Linear(2 * hidden, len(spec["values"])) for name, spec in self.attributes.items()})
+
+    def labels(self, expect: Mapping | None) -> dict[str, int]:
+        """{attribute: class index} for the attributes this `expect` names."""
+        found = {}
+        for name, spec in self.attributes.items():
+            value = (expect or {}).get(spec["field"])
+            if isinstance(value, list):
+                index = spec.get("index", 0)
+                value = value[index] if index < len(value) else None
+            if isinstance(value, str) and value in spec["values"]:
+                found[name] = spec["values"].index(value)
+        return found
+
+    def loss(self, tokens: Sequence[torch.Tensor], labels: Sequence[Mapping[str, int]]) -> tuple[torch.Tensor, int]:
+        """tokens: per labelled region (2, D); labels: its {attribute: index} -> (mean cross-entropy, count)."""
+        total, count = None, 0
+        for name, head in self.heads.items():
+            rows = [t.reshape(-1) for t, found in zip(tokens, labels) if name in found]
+            if not rows:
+                continue
+            targets = torch.tensor([found[name] for found in labels if name in found], device=rows[0].device)
+            summed = F.cross_entropy(head(torch.stack(rows)), targets, reduction="sum")
+            total = summed if total is None else total + summed
+            count += len(rows)
+        if total is None:
+            return next(self.parameters()).new_zeros(()), 0
+        return total / count, count

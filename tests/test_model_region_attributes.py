@@ -1,0 +1,110 @@
+"""Region attribute heads: labels read from a turn's `expect`, a loss that trains the region tokens,
+config validation, and checkpoints that keep the heads."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model_fixtures import one_thread, square_frames, square_sample, tiny_config
+from sama_agent.model.configuration import SamaConfig
+from sama_agent.model.modeling.region_attributes import RegionAttributeHeads
+from sama_agent.model.modeling.sama import SamaModel
+
+MOTIONS = ["moves left", "moves right", "stays still"]
+ATTRIBUTES = {"motion": {"field": "motions", "index": 0, "values": MOTIONS},
+              "then": {"field": "motions", "index": 1, "values": MOTIONS},
+              "colour": {"field": "colour", "values": ["red", "blue"]}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
+
+
+def attribute_config(**overrides):
+    options = dict(aggregator_options=dict(dim=48, heads=2, spatial_queries=4, temporal_queries=6, window=4, region_cues=True),
+                   region_attributes=ATTRIBUTES)
+    options.update(overrides)
+    return tiny_config(**options)
+
+
+def labelled_square_sample():
+    frames, masks = square_frames()  # a red square that moves right, then stays
+    sample = square_sample(frames, masks)
+    expect = {"colour": "red", "shape": "square", "motions": ["moves right", "stays still"]}
+    sample.meta["turn_meta"] = [{"kind": "ground", "expect": expect}, {"kind": "refer", "expect": expect}]
+    return sample
+
+
+def test_labels_come_from_expect_and_skip_what_is_unknown():
+    heads = RegionAttributeHeads(8, ATTRIBUTES)
+    assert heads.labels({"colour": "red", "motions": ["moves right", "stays still"]}) == {"motion": 1, "then": 2, "colour": 0}
+    assert heads.labels({"colour": "green", "motions": ["moves left"]}) == {"motion": 0}  # no second motion, unknown colour
+    assert heads.labels(None) == {}
+
+
+def test_the_loss_trains_the_heads_towards_the_labels():
+    torch.manual_seed(0)
+    heads = RegionAttributeHeads(4, ATTRIBUTES)
+    tokens = [torch.randn(2, 4) for _ in range(3)]
+    labels = [{"motion": 0, "colour": 1}, {"motion": 2}, {"then": 1}]
+    optimizer = torch.optim.SGD(heads.parameters(), lr=0.5)
+    first, count = heads.loss(tokens, labels)
+    first = float(first.detach())
+    assert count == 4  # one per (region, attribute) label
+    for _ in range(50):
+        loss, _ = heads.loss(tokens, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(loss.detach()) < 0.1 * first
+    empty, none = heads.loss([], [])
+    assert none == 0 and float(empty) == 0
+
+
+@pytest.mark.parametrize("attributes, message", [
+    ({"motion": {"values": MOTIONS}}, "needs a 'field'"),
+    ({"motion": {"field": "motions", "values": ["one"]}}, "at least two strings"),
+    ({"motion": {"field": "motions", "values": MOTIONS, "index": -1}}, "non-negative integer"),
+    ({"motion": {"field": "motions", "values": MOTIONS, "colour": 1}}, "unknown key(s) colour"),
+])
+def test_a_bad_attribute_config_names_the_problem(attributes, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        SamaConfig(region_attributes=attributes)
+
+
+def test_training_reads_the_labelled_region_and_moves_its_tokens():
+    torch.manual_seed(0)
+    model = SamaModel(attribute_config()).train()
+    sample = labelled_square_sample()
+    output = model(sample)
+    assert output.attribute_loss is not None and float(output.attribute_loss) > 0
+    assert "attribute_loss" in output.log_dict()
+    # only turn 2 asks about a region: its tokens and labels are the ones read
+    item = model._prepare_sample(sample)
+    assert len(item["attribute_tokens"]) == 1 and item["attribute_labels"] == [{"motion": 1, "then": 2, "colour": 0}]
+    model.set_training_phase({"loss_weights": {"lm": 0, "bce": 0, "dice": 0, "where": 0, "attribute": 1}})
+    model.zero_grad()
+    model(sample).loss.backward()
+    shape_grad = model.aggregator.region_shape[0].weight.grad
+    assert shape_grad is not None and shape_grad.abs().sum() > 0  # the region tokens themselves learn
+
+
+def test_unlabelled_data_trains_as_without_heads():
+    torch.manual_seed(0)
+    model = SamaModel(attribute_config()).train()
+    frames, masks = square_frames()
+    output = model(square_sample(frames, masks))  # no turn meta, as in real SAMA-239K records
+    assert float(output.attribute_loss) == 0
+    assert np.isclose(float(output.loss.detach()), float(output.lm_loss) + 2.0 * float(output.bce_loss) + 0.5 * float(output.dice_loss))
+
+
+def test_checkpoints_keep_the_heads(tmp_path):
+    torch.manual_seed(0)
+    model = SamaModel(attribute_config())
+    model.save_pretrained(tmp_path / "m")
+    loaded = SamaModel.from_pretrained(tmp_path / "m")
+    assert torch.equal(loaded.region_heads.heads["motion"].weight, model.region_heads.heads["motion"].weight)
+    assert loaded.config.region_attributes == ATTRIBUTES
