@@ -14,8 +14,9 @@
 4. Region tokens: a region's feature is pooled over *every* frame where it is
    visible (weights = its mask on the patch grid; deterministic), plus a shape
    feature from its normalised box and a small canonical crop of its mask
-   (and, with `region_cues=True`, its pixel colour and path, region_cues.py)
-   -> (R, 2, D), placed between `<vp>` and `</vp>`.
+   (and, with `region_cues=True`, its pixel colour and path, region_cues.py;
+   with `region_motion=True` too, the path's steps through their own MLP,
+   added to the shape token) -> (R, 2, D), placed between `<vp>` and `</vp>`.
 
 A is the aggregator width, D the LLM hidden size, C the encoder channels.
 """
