@@ -16,7 +16,7 @@
    feature from its normalised box and a small canonical crop of its mask
    (and, with `region_cues=True`, its pixel colour and path, region_cues.py;
    with `region_motion=True` too, the path's steps through their own MLP,
-   added to the shape token) -> (R, 2, D), placed between `<vp>` and `</vp>`.
+   added to the feature token) -> (R, 2, D), placed between `<vp>` and `</vp>`.
 
 A is the aggregator width, D the LLM hidden size, C the encoder channels.
 """
@@ -98,8 +98,10 @@ class SpatioTemporalQFormer(nn.Module):
         # box, (area, visible fraction), canonical mask crop [, colour and path cues (region_cues.py)]
         shape_inputs = 4 + 2 + shape_size * shape_size + (CUE_DIM if self.region_cues else 0)
         self.region_shape = nn.Sequential(nn.Linear(shape_inputs, dim), nn.GELU(), nn.Linear(dim, out_dim))
-        # the path's steps through their own MLP, added to the shape token: among 300 shape inputs
-        # the 32 path values are learned from too slowly for motion words (region_cues.motion_features)
+        # the path's steps through their own MLP, added to the feature token: among 300 shape inputs
+        # the 32 path values are learned from too slowly (region_cues.motion_features), and a small LLM
+        # trained from scratch reads the feature token (swapping a region's shape token between samples
+        # changed its answers' log-probability by 0.02 nats, swapping the feature token by 0.6)
         if region_motion and not self.region_cues:
             raise ValueError("st-qformer: region_motion reads the path in the region cues; build with region_cues=True too.")
         self.region_motion = nn.Sequential(nn.Linear(MOTION_DIM, dim), nn.GELU(), nn.Linear(dim, out_dim)) if region_motion else None
@@ -204,7 +206,7 @@ class SpatioTemporalQFormer(nn.Module):
         shape_inputs = torch.cat(parts, dim=1)
         shape = self.region_shape(shape_inputs)
         if self.region_motion is not None:
-            shape = shape + self.region_motion(motion_features(cues.to(feature.dtype)))
+            feature = feature + self.region_motion(motion_features(cues.to(feature.dtype)))
         return torch.stack([feature, shape], dim=1)
 
 
