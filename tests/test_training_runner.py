@@ -285,3 +285,16 @@ def test_invalid_records_are_counted_in_the_log_when_skipped(world, tmp_path):
     data_event = next(json.loads(line) for line in (tmp_path / "run2" / "metrics.jsonl").read_text().splitlines() if '"data"' in line)
     assert data_event["skipped"] == 2 and data_event["records"] == 14
     assert any("record 5" in reason for reason in data_event["first_skipped"])
+
+
+@pytest.mark.parametrize("recipe", sorted(Path(__file__).resolve().parents[1].glob("training/configs/*.json")), ids=lambda p: p.name)
+def test_every_shipped_recipe_parses_and_names_a_valid_model(recipe):
+    from sama_agent.model.configuration import SamaConfig
+    from sama_agent.training.world import MOTIONS
+
+    config = TrainConfig.from_file(recipe)
+    spec = config.model
+    if "named" in spec:
+        model = SamaConfig.from_named(spec["named"], **spec.get("overrides", {}))
+        for attribute in model.region_attributes.values():  # motion heads name the world's own phrases
+            assert attribute["values"] == list(MOTIONS)
