@@ -55,11 +55,11 @@ class RegionAttributeHeads(nn.Module):
         """tokens: per labelled region (2, D); labels: its {attribute: index} -> (mean cross-entropy, count)."""
         total, count = None, 0
         for name, head in self.heads.items():
-            rows = [t.reshape(-1) for t, found in zip(tokens, labels) if name in found]
-            if not rows:
+            pairs = [(t.reshape(-1), found[name]) for t, found in zip(tokens, labels) if name in found]
+            if not pairs:
                 continue
-            targets = torch.tensor([found[name] for found in labels if name in found], device=rows[0].device)
-            summed = F.cross_entropy(head(torch.stack(rows)), targets, reduction="sum")
+            rows, targets = zip(*pairs)
+            summed = F.cross_entropy(head(torch.stack(rows)), torch.tensor(targets, device=rows[0].device), reduction="sum")
             total = summed if total is None else total + summed
             count += len(rows)
         if total is None:

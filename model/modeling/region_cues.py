@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 
 PATH_SLOTS = 8
-CUE_DIM = 6 + 2 + 4 * PATH_SLOTS
+PATH_START = 6 + 2  # the path follows the colour (6) and where the region first shows (2)
+CUE_DIM = PATH_START + 4 * PATH_SLOTS
 
 
 def region_cues(masks: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
@@ -65,7 +66,7 @@ def motion_features(cues: torch.Tensor) -> torch.Tensor:
     An MLP can learn the difference, but slowly from a few thousand examples; given the steps it
     learns motion words several times faster. A step counts only where the region shows at both ends.
     """
-    path = cues[:, 8:].reshape(cues.shape[0], PATH_SLOTS, 4)
+    path = cues[:, PATH_START:].reshape(cues.shape[0], PATH_SLOTS, 4)
     shown = path[:, 1:, 3] * path[:, :-1, 3]
     steps = (path[:, 1:, :2] - path[:, :-1, :2]) * shown[..., None] * 4  # (R, S-1, 2), unit-ish
     half = (PATH_SLOTS - 1) // 2
