@@ -44,7 +44,9 @@ class Aggregator(Protocol):
         patch_tokens (T, N, C); region_masks (R, T, h, w) float in [0, 1] on the
         patch grid (all-zero where the region is not visible); region_boxes
         (R, 4) normalised x0, y0, x1, y1 -> (R, 2, D): mask-pooled feature and
-        box-shape feature, placed between `<vp>` and `</vp>`.
+        box-shape feature, placed between `<vp>` and `</vp>`. An aggregator
+        that gives more tokens per region says so in an optional
+        `region_token_count` attribute (the st-qformer's motion token makes 3).
     """
 
     name: str

@@ -109,12 +109,34 @@ def test_aggregator_with_a_motion_branch_needs_cues_and_separates_steps():
     left[0, 8::4], right[0, 8::4] = -torch.linspace(0, 1, PATH_SLOTS), torch.linspace(0, 1, PATH_SLOTS)
     a = aggregator.region_tokens(patches, masks, box, cues=left)
     b = aggregator.region_tokens(patches, masks, box, cues=right)
-    branch = aggregator.region_motion
-    aggregator.region_motion = None
+    aggregator.motion_mode = None
     plain = aggregator.region_tokens(patches, masks, box, cues=left)
-    aggregator.region_motion = branch
-    assert torch.allclose(a[:, 0] - plain[:, 0], branch(motion_features(left)), atol=1e-6)  # added to the feature token
+    aggregator.motion_mode = "feature"
+    assert torch.allclose(a[:, 0] - plain[:, 0], aggregator.region_motion(motion_features(left)), atol=1e-6)  # added to the feature token
     assert not torch.allclose(a[:, 0], b[:, 0])
+
+
+def test_aggregator_motion_token_keeps_appearance_and_motion_apart():
+    with pytest.raises(ValueError, match="\"token\""):
+        SpatioTemporalQFormer(in_dim=16, out_dim=24, dim=16, heads=2, spatial_queries=2, temporal_queries=2,
+                              region_cues=True, region_motion="sideways")
+    torch.manual_seed(0)
+    aggregator = SpatioTemporalQFormer(in_dim=16, out_dim=24, dim=16, heads=2, spatial_queries=2, temporal_queries=2,
+                                       region_cues=True, region_motion="token")
+    assert aggregator.region_token_count == 3
+    patches, masks, box = torch.randn(5, 16, 16), torch.ones(1, 5, 4, 4), torch.tensor([[0.1, 0.1, 0.9, 0.9]])
+    left, right = torch.zeros(1, CUE_DIM), torch.zeros(1, CUE_DIM)
+    left[0, 11::4] = right[0, 11::4] = 1
+    left[0, 8::4], right[0, 8::4] = -torch.linspace(0, 1, PATH_SLOTS), torch.linspace(0, 1, PATH_SLOTS)
+    a = aggregator.region_tokens(patches, masks, box, cues=left)
+    b = aggregator.region_tokens(patches, masks, box, cues=right)
+    assert a.shape == (1, 3, 24)
+    assert torch.allclose(a[:, 0], b[:, 0])  # the feature token does not see the path
+    assert torch.allclose(a[:, 2], aggregator.region_motion(motion_features(left)), atol=1e-6)
+    assert not torch.allclose(a[:, 2], b[:, 2])
+    assert aggregator.region_tokens(patches, masks[:0], box[:0], cues=left[:0]).shape == (0, 3, 24)
+    context = aggregator.context_tokens(patches, torch.randn(6, 24), a)
+    assert context.shape == (5, 24)
 
 
 # ---- where-maps -------------------------------------------------------------------------------

@@ -14,9 +14,10 @@
 4. Region tokens: a region's feature is pooled over *every* frame where it is
    visible (weights = its mask on the patch grid; deterministic), plus a shape
    feature from its normalised box and a small canonical crop of its mask
-   (and, with `region_cues=True`, its pixel colour and path, region_cues.py;
-   with `region_motion=True` too, the path's steps through their own MLP,
-   added to the feature token) -> (R, 2, D), placed between `<vp>` and `</vp>`.
+   (and, with `region_cues=True`, its pixel colour and path, region_cues.py).
+   With `region_motion`, the path's steps go through their own MLP: added to
+   the feature token ("feature", or true), or as a third token of their own
+   ("token") -> (R, region_token_count, D), placed between `<vp>` and `</vp>`.
 
 A is the aggregator width, D the LLM hidden size, C the encoder channels.
 """
@@ -76,7 +77,7 @@ class SpatioTemporalQFormer(nn.Module):
                  temporal_queries: int = 16, spatial_layers: int = 1, temporal_layers: int = 2,
                  context_layers: int = 1, window: int = 16, grid: tuple[int, int] | list | None = None,
                  shape_size: int = 16, max_frames: int = 256, region_cues: bool = False,
-                 region_motion: bool = False):
+                 region_motion: bool | str = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"st-qformer: dim {dim} must be divisible by heads {heads}")
@@ -98,13 +99,17 @@ class SpatioTemporalQFormer(nn.Module):
         # box, (area, visible fraction), canonical mask crop [, colour and path cues (region_cues.py)]
         shape_inputs = 4 + 2 + shape_size * shape_size + (CUE_DIM if self.region_cues else 0)
         self.region_shape = nn.Sequential(nn.Linear(shape_inputs, dim), nn.GELU(), nn.Linear(dim, out_dim))
-        # the path's steps through their own MLP, added to the feature token: among 300 shape inputs
-        # the 32 path values are learned from too slowly (region_cues.motion_features), and a small LLM
-        # trained from scratch reads the feature token (swapping a region's shape token between samples
-        # changed its answers' log-probability by 0.02 nats, swapping the feature token by 0.6)
-        if region_motion and not self.region_cues:
+        # the path's steps through their own MLP: among 300 shape inputs the 32 path values are learned
+        # from too slowly (region_cues.motion_features), and a small LLM trained from scratch reads the
+        # feature token, not the shape token (swapping a region's shape token between samples changed its
+        # answers' log-probability by 0.02 nats, the feature token by 0.6). Added to the feature token,
+        # motion words are learned but colour and shape words stop generalising to unseen
+        # colour-shape-motion triples; as a token of its own, appearance and motion stay apart.
+        self.motion_mode = _motion_mode(region_motion)
+        if self.motion_mode and not self.region_cues:
             raise ValueError("st-qformer: region_motion reads the path in the region cues; build with region_cues=True too.")
-        self.region_motion = nn.Sequential(nn.Linear(MOTION_DIM, dim), nn.GELU(), nn.Linear(dim, out_dim)) if region_motion else None
+        self.region_motion = nn.Sequential(nn.Linear(MOTION_DIM, dim), nn.GELU(), nn.Linear(dim, out_dim)) if self.motion_mode else None
+        self.region_token_count = 3 if self.motion_mode == "token" else 2
 
     # ---- positions ------------------------------------------------------------------------
     def _patch_positions(self, count: int, device) -> torch.Tensor:
@@ -175,11 +180,11 @@ class SpatioTemporalQFormer(nn.Module):
                       shape_masks: torch.Tensor | None = None, cues: torch.Tensor | None = None) -> torch.Tensor:
         """patch_tokens (T, N, C); region_masks (R, T, h, w) in [0, 1] on the patch grid; region_boxes (R, 4)
         normalised; shape_masks (R, S, S) the region's mask cropped to its box (optional); cues (R, CUE_DIM)
-        pixel colour and path cues (needed when built with region_cues=True) -> (R, 2, D)."""
+        pixel colour and path cues (needed when built with region_cues=True) -> (R, region_token_count, D)."""
         count, patches = patch_tokens.shape[:2]
         regions = region_masks.shape[0]
         if regions == 0:
-            return patch_tokens.new_zeros(0, 2, self.out_dim)
+            return patch_tokens.new_zeros(0, self.region_token_count, self.out_dim)
         if region_masks.shape[1] != count or region_masks.shape[2] * region_masks.shape[3] != patches:
             raise ValueError(
                 f"st-qformer: region masks {tuple(region_masks.shape)} do not match patch tokens {tuple(patch_tokens.shape)} "
@@ -205,9 +210,23 @@ class SpatioTemporalQFormer(nn.Module):
             parts.append(cues.to(feature.dtype))
         shape_inputs = torch.cat(parts, dim=1)
         shape = self.region_shape(shape_inputs)
-        if self.region_motion is not None:
-            feature = feature + self.region_motion(motion_features(cues.to(feature.dtype)))
-        return torch.stack([feature, shape], dim=1)
+        if self.motion_mode is None:
+            return torch.stack([feature, shape], dim=1)
+        motion = self.region_motion(motion_features(cues.to(feature.dtype)))
+        if self.motion_mode == "feature":
+            return torch.stack([feature + motion, shape], dim=1)
+        return torch.stack([feature, shape, motion], dim=1)
+
+
+def _motion_mode(value) -> str | None:
+    """region_motion: false, true or "feature" (added to the feature token), "token" (a third region token)."""
+    if value is False or value is None:
+        return None
+    if value is True or value == "feature":
+        return "feature"
+    if value == "token":
+        return "token"
+    raise ValueError(f"st-qformer: region_motion must be false, true, \"feature\" or \"token\", got {value!r}")
 
 
 def _square(count: int) -> tuple[int, int]:

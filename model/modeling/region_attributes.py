@@ -1,4 +1,4 @@
-"""Auxiliary heads that read attributes of a region (its motion, say) off its two region tokens.
+"""Auxiliary heads that read attributes of a region (its motion, say) off its region tokens.
 
 A small LLM trained from scratch learns colour and shape words from the region
 tokens, but its motion words collapse onto the most frequent phrase: the path
@@ -29,15 +29,15 @@ from ..configuration import check_attributes
 
 
 class RegionAttributeHeads(nn.Module):
-    """One linear classifier per attribute over a region's two tokens, flattened."""
+    """One linear classifier per attribute over a region's tokens (2, or 3 with a motion token), flattened."""
 
-    def __init__(self, hidden: int, attributes: Mapping):
+    def __init__(self, hidden: int, attributes: Mapping, tokens_per_region: int = 2):
         super().__init__()
         problems = check_attributes(attributes)
         if problems:
             raise ValueError("invalid region attributes: " + "; ".join(problems) + ".")
         self.attributes = {name: dict(spec) for name, spec in attributes.items()}
-        self.heads = nn.ModuleDict({name: nn.Linear(2 * hidden, len(spec["values"])) for name, spec in self.attributes.items()})
+        self.heads = nn.ModuleDict({name: nn.Linear(tokens_per_region * hidden, len(spec["values"])) for name, spec in self.attributes.items()})
 
     def labels(self, expect: Mapping | None) -> dict[str, int]:
         """{attribute: class index} for the attributes this `expect` names."""
@@ -52,7 +52,7 @@ class RegionAttributeHeads(nn.Module):
         return found
 
     def loss(self, tokens: Sequence[torch.Tensor], labels: Sequence[Mapping[str, int]]) -> tuple[torch.Tensor, int]:
-        """tokens: per labelled region (2, D); labels: its {attribute: index} -> (mean cross-entropy, count)."""
+        """tokens: per labelled region (tokens_per_region, D); labels: its {attribute: index} -> (mean cross-entropy, count)."""
         total, count = None, 0
         for name, head in self.heads.items():
             pairs = [(t.reshape(-1), found[name]) for t, found in zip(tokens, labels) if name in found]

@@ -127,7 +127,10 @@ class SamaModel(nn.Module):
         if head_options.get("where"):
             head_options.setdefault("feature_dim", self.sam2.where_channels)
         self.seg_head = GroundingHead(hidden, prompt_dim=self.sam2.prompt_dim, **head_options)
-        self.region_heads = RegionAttributeHeads(hidden, config.region_attributes) if config.region_attributes else None
+        # a region is `region_token_count` tokens between <vp> and </vp>: 2 by the protocol, 3 with a motion token
+        self.region_token_count = int(getattr(self.aggregator, "region_token_count", 2))
+        self.region_heads = (RegionAttributeHeads(hidden, config.region_attributes, self.region_token_count)
+                             if config.region_attributes else None)
         self._check_llm_tokens()
         self._apply_freeze()
 
@@ -217,13 +220,13 @@ class SamaModel(nn.Module):
 
     # ---- regions --------------------------------------------------------------------------------
     def region_tokens(self, video: VideoContext, masks: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """(R, T, H, W) bool masks on the context frames -> (R, 2, D) region tokens."""
+        """(R, T, H, W) bool masks on the context frames -> (R, region_token_count, D) region tokens."""
         masks = torch.as_tensor(np.asarray(masks) if not isinstance(masks, torch.Tensor) else masks, device=self.device).float()
         count = video.patch_tokens.shape[0]
         if masks.ndim != 4 or masks.shape[1] != count:
             raise ValueError(f"region masks must be (R, {count}, H, W) over the context frames, got {tuple(masks.shape)}")
         if masks.shape[0] == 0:
-            return video.patch_tokens.new_zeros(0, 2, self.llm.hidden_size)
+            return video.patch_tokens.new_zeros(0, self.region_token_count, self.llm.hidden_size)
         grid_masks, boxes, shapes = region_geometry(masks, _grid(self.encoder, video.patch_tokens.shape[1]),
                                                     getattr(self.aggregator, "shape_size", 16))
         if getattr(self.aggregator, "region_cues", False):
@@ -260,7 +263,7 @@ class SamaModel(nn.Module):
         for index, chunk in enumerate(chunks):
             question_ids += llm.encode_text(chunk)
             if index < len(chunks) - 1:
-                question_ids += [llm.ids[VP_OPEN], llm.ids[REG], llm.ids[REG], llm.ids[VP_CLOSE]]
+                question_ids += [llm.ids[VP_OPEN]] + [llm.ids[REG]] * regions.shape[1] + [llm.ids[VP_CLOSE]]
         question_embeds = _fill(llm.embed(torch.tensor(question_ids, device=self.device)), question_ids, llm.ids[REG], regions.reshape(-1, regions.shape[-1]))
         context = self.aggregator.context_tokens(video.patch_tokens, question_embeds, regions if regions.shape[0] else None)
         lead = llm.encode_text(("" if first_turn else fmt.between) + fmt.user)
@@ -494,7 +497,7 @@ class SamaModel(nn.Module):
             found = self.region_heads.labels(meta.get("expect"))
             if found:
                 question = pieces[1 + 2 * number]  # prefix, then (question, answer) per turn
-                tokens.append(question.fills[1].reshape(2, -1))
+                tokens.append(question.fills[1].reshape(self.region_token_count, -1))
                 labels.append(found)
         return tokens, labels
 
