@@ -108,3 +108,25 @@ def test_checkpoints_keep_the_heads(tmp_path):
     loaded = SamaModel.from_pretrained(tmp_path / "m")
     assert torch.equal(loaded.region_heads.heads["motion"].weight, model.region_heads.heads["motion"].weight)
     assert loaded.config.region_attributes == ATTRIBUTES
+
+
+def test_a_motion_token_makes_three_region_tokens_the_prompt_and_heads_follow(tmp_path):
+    torch.manual_seed(0)
+    options = dict(dim=48, heads=2, spatial_queries=4, temporal_queries=6, window=4, region_cues=True, region_motion="token")
+    model = SamaModel(attribute_config(aggregator_options=options)).train()
+    assert model.region_token_count == 3
+    sample = labelled_square_sample()
+    item = model._prepare_sample(sample)
+    assert item["attribute_tokens"][0].shape == (3, model.llm.hidden_size)
+    ids = model.conversation_pieces(model.encode_video(sample.frames[:4], [0, 3], with_sam2=False), sample, [0, 1, 2, 3])[3].ids
+    reg = model.llm.ids["<reg>"]
+    opened = ids.index(model.llm.ids["<vp>"])
+    assert ids[opened + 1 : opened + 5] == [reg, reg, reg, model.llm.ids["</vp>"]]
+    model.set_training_phase({"loss_weights": {"lm": 0, "bce": 0, "dice": 0, "where": 0, "attribute": 1}})
+    model.zero_grad()
+    model(sample).loss.backward()
+    motion_grad = model.aggregator.region_motion[0].weight.grad
+    assert motion_grad is not None and motion_grad.abs().sum() > 0  # the motion token learns from the heads
+    model.save_pretrained(tmp_path / "m")
+    loaded = SamaModel.from_pretrained(tmp_path / "m")
+    assert loaded.region_token_count == 3 and torch.equal(loaded.aggregator.region_motion[0].weight, model.aggregator.region_motion[0].weight)
