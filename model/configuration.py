@@ -84,6 +84,9 @@ class SamaConfig:
     # Auxiliary heads reading labelled attributes off region tokens (region_attributes.py); {} builds none.
     region_attributes: dict = field(default_factory=dict)
     region_attribute_loss_weight: float = 0.5
+    # Which of a region's tokens the heads read, by index (null: all of them). [2] with a motion token
+    # keeps the heads' gradient out of the feature and shape tokens.
+    region_attribute_tokens: list | None = None
     mask_points: int = 1024  # point-sampled mask loss: points per mask
     mask_oversample: float = 3.0
     mask_importance: float = 0.75
@@ -122,6 +125,10 @@ class SamaConfig:
         if self.mask_points < 1:
             problems.append("'mask_points' must be at least 1")
         problems += check_attributes(self.region_attributes)
+        tokens = self.region_attribute_tokens
+        if tokens is not None and (not isinstance(tokens, list) or not tokens or len(set(tokens)) != len(tokens)
+                                   or not all(isinstance(t, int) and t >= 0 for t in tokens)):
+            problems.append(f"'region_attribute_tokens' must be null or a list of distinct token indices (0, 1, ...), got {tokens!r}")
         if problems:
             raise ValueError("invalid SAMA config: " + "; ".join(problems) + ".")
         return self

@@ -130,3 +130,19 @@ def test_a_motion_token_makes_three_region_tokens_the_prompt_and_heads_follow(tm
     model.save_pretrained(tmp_path / "m")
     loaded = SamaModel.from_pretrained(tmp_path / "m")
     assert loaded.region_token_count == 3 and torch.equal(loaded.aggregator.region_motion[0].weight, model.aggregator.region_motion[0].weight)
+
+
+def test_heads_can_read_only_the_motion_token():
+    torch.manual_seed(0)
+    options = dict(dim=48, heads=2, spatial_queries=4, temporal_queries=6, window=4, region_cues=True, region_motion="token")
+    model = SamaModel(attribute_config(aggregator_options=options, region_attribute_tokens=[2])).train()
+    assert model.region_heads.heads["motion"].in_features == model.llm.hidden_size
+    model.set_training_phase({"loss_weights": {"lm": 0, "bce": 0, "dice": 0, "where": 0, "attribute": 1}})
+    model(labelled_square_sample()).loss.backward()
+    assert model.aggregator.region_motion[0].weight.grad.abs().sum() > 0
+    shape_grad = model.aggregator.region_shape[0].weight.grad
+    assert shape_grad is None or not shape_grad.abs().sum()  # the shape token is left to the LLM
+    with pytest.raises(ValueError, match="past the 2 each region has"):
+        SamaModel(attribute_config(region_attribute_tokens=[2]))
+    with pytest.raises(ValueError, match="region_attribute_tokens"):
+        SamaConfig(region_attribute_tokens=[1, 1])

@@ -29,7 +29,7 @@ from ..configuration import check_attributes
 
 
 class RegionAttributeHeads(nn.Module):
-    """One linear classifier per attribute over a region's tokens (2, or 3 with a motion token), flattened."""
+    """One linear classifier per attribute over the region tokens it reads (SamaConfig.region_attribute_tokens), flattened."""
 
     def __init__(self, hidden: int, attributes: Mapping, tokens_per_region: int = 2):
         super().__init__()

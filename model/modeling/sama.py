@@ -129,7 +129,11 @@ class SamaModel(nn.Module):
         self.seg_head = GroundingHead(hidden, prompt_dim=self.sam2.prompt_dim, **head_options)
         # a region is `region_token_count` tokens between <vp> and </vp>: 2 by the protocol, 3 with a motion token
         self.region_token_count = int(getattr(self.aggregator, "region_token_count", 2))
-        self.region_heads = (RegionAttributeHeads(hidden, config.region_attributes, self.region_token_count)
+        self.attribute_token_rows = list(config.region_attribute_tokens or range(self.region_token_count))
+        if max(self.attribute_token_rows) >= self.region_token_count:
+            raise ValueError(f"region_attribute_tokens {config.region_attribute_tokens} names a token past the "
+                             f"{self.region_token_count} each region has; use indices below {self.region_token_count}.")
+        self.region_heads = (RegionAttributeHeads(hidden, config.region_attributes, len(self.attribute_token_rows))
                              if config.region_attributes else None)
         self._check_llm_tokens()
         self._apply_freeze()
@@ -497,7 +501,7 @@ class SamaModel(nn.Module):
             found = self.region_heads.labels(meta.get("expect"))
             if found:
                 question = pieces[1 + 2 * number]  # prefix, then (question, answer) per turn
-                tokens.append(question.fills[1].reshape(self.region_token_count, -1))
+                tokens.append(question.fills[1].reshape(self.region_token_count, -1)[self.attribute_token_rows])
                 labels.append(found)
         return tokens, labels
 
