@@ -127,7 +127,7 @@ class SamaConfig:
         problems += check_attributes(self.region_attributes)
         tokens = self.region_attribute_tokens
         if tokens is not None and (not isinstance(tokens, list) or not tokens or len(set(tokens)) != len(tokens)
-                                   or not all(isinstance(t, int) and t >= 0 for t in tokens)):
+                                   or not all(type(t) is int and t >= 0 for t in tokens)):
             problems.append(f"'region_attribute_tokens' must be null or a list of distinct token indices (0, 1, ...), got {tokens!r}")
         if problems:
             raise ValueError("invalid SAMA config: " + "; ".join(problems) + ".")

@@ -144,5 +144,17 @@ def test_heads_can_read_only_the_motion_token():
     assert shape_grad is None or not shape_grad.abs().sum()  # the shape token is left to the LLM
     with pytest.raises(ValueError, match="past the 2 each region has"):
         SamaModel(attribute_config(region_attribute_tokens=[2]))
-    with pytest.raises(ValueError, match="region_attribute_tokens"):
-        SamaConfig(region_attribute_tokens=[1, 1])
+    for bad in ([1, 1], [True], [], [-1]):
+        with pytest.raises(ValueError, match="region_attribute_tokens"):
+            SamaConfig(region_attribute_tokens=bad)
+
+
+def test_an_aggregator_giving_other_than_its_declared_token_count_is_named():
+    torch.manual_seed(0)
+    options = dict(dim=48, heads=2, spatial_queries=4, temporal_queries=6, window=4, region_cues=True, region_motion="token")
+    model = SamaModel(attribute_config(aggregator_options=options)).eval()
+    model.aggregator.motion_mode = None  # it still declares 3 tokens a region but now gives 2
+    sample = labelled_square_sample()
+    video = model.encode_video(sample.frames[:4], [0, 3], with_sam2=False)
+    with pytest.raises(ValueError, match="region_token_count"):
+        model.region_tokens(video, sample.turns[1].region_masks[:, :4])

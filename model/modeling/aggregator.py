@@ -104,8 +104,9 @@ class SpatioTemporalQFormer(nn.Module):
         # feature token, not the shape token (swapping a region's shape token between samples changed its
         # answers' log-probability by 0.02 nats, the feature token by 0.6). Added to the feature token,
         # motion words are learned but colour and shape words stop generalising to unseen
-        # colour-shape-motion triples. As a token of its own ("token") the LLM reads it, but in the one
-        # run so far its shape words collapsed (README, Training): neither is a shipped default.
+        # colour-shape-motion triples. As a token of its own ("token") the LLM reads it, but in every run
+        # so far, with or without attribute heads, its shape words collapsed (README, Training): neither
+        # is a shipped default.
         self.motion_mode = _motion_mode(region_motion)
         if self.motion_mode and not self.region_cues:
             raise ValueError("st-qformer: region_motion reads the path in the region cues; build with region_cues=True too.")

@@ -235,10 +235,16 @@ class SamaModel(nn.Module):
                                                     getattr(self.aggregator, "shape_size", 16))
         if getattr(self.aggregator, "region_cues", False):
             cues = region_cues(masks, self._cue_pixels(video, masks.shape[-2:]))
-            return self.aggregator.region_tokens(video.patch_tokens, grid_masks, boxes, shape_masks=shapes, cues=cues)
-        if _accepts(self.aggregator.region_tokens, "shape_masks"):
-            return self.aggregator.region_tokens(video.patch_tokens, grid_masks, boxes, shape_masks=shapes)
-        return self.aggregator.region_tokens(video.patch_tokens, grid_masks, boxes)
+            tokens = self.aggregator.region_tokens(video.patch_tokens, grid_masks, boxes, shape_masks=shapes, cues=cues)
+        elif _accepts(self.aggregator.region_tokens, "shape_masks"):
+            tokens = self.aggregator.region_tokens(video.patch_tokens, grid_masks, boxes, shape_masks=shapes)
+        else:
+            tokens = self.aggregator.region_tokens(video.patch_tokens, grid_masks, boxes)
+        expected = (masks.shape[0], self.region_token_count, self.llm.hidden_size)
+        if tuple(tokens.shape) != expected:
+            raise ValueError(f"aggregator '{self.config.aggregator}' gave region tokens {tuple(tokens.shape)}, expected {expected}: "
+                             "an aggregator with other than 2 tokens per region must say so in `region_token_count`.")
+        return tokens
 
     @staticmethod
     def _cue_pixels(video: VideoContext, size) -> torch.Tensor:
