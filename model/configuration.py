@@ -25,7 +25,7 @@ def check_attributes(attributes: Mapping) -> list[str]:
     """Problems with a region_attributes config, as sentences (empty when it is valid)."""
     problems = []
     if not isinstance(attributes, Mapping):
-        return ["'region_attributes' must be a JSON object of {name: {field, index, values}}"]
+        return ["'region_attributes' must be a JSON object of {name: {field, index, values, absent}}"]
     for name, spec in attributes.items():
         where = f"region_attributes.{name}"
         if not isinstance(spec, Mapping) or not isinstance(spec.get("field"), str):
@@ -34,9 +34,11 @@ def check_attributes(attributes: Mapping) -> list[str]:
         values = spec.get("values")
         if not isinstance(values, list) or len(values) < 2 or not all(isinstance(v, str) for v in values):
             problems.append(f"'{where}.values' must list at least two strings")
-        unknown = sorted(set(spec) - {"field", "index", "values"})
+        unknown = sorted(set(spec) - {"field", "index", "values", "absent"})
         if unknown:
-            problems.append(f"'{where}' has unknown key(s) {', '.join(unknown)}; use field, index and values")
+            problems.append(f"'{where}' has unknown key(s) {', '.join(unknown)}; use field, index, values and absent")
+        if "absent" in spec and not (isinstance(values, list) and spec["absent"] in values):
+            problems.append(f"'{where}.absent' must be one of its values (the label when the field's list is too short)")
         if "index" in spec and not (isinstance(spec["index"], int) and spec["index"] >= 0):
             problems.append(f"'{where}.index' must be a non-negative integer")
     return problems
@@ -87,6 +89,9 @@ class SamaConfig:
     # Which of a region's tokens the heads read, by index (null: all of them). [2] with a motion token
     # keeps the heads' gradient out of the feature and shape tokens.
     region_attribute_tokens: list | None = None
+    # Word tokens: each attribute head's softmax over its values, as the mean input embedding of each
+    # value's words, follows the region's own tokens (one token per attribute; region_attributes.py).
+    region_word_tokens: bool = False
     mask_points: int = 1024  # point-sampled mask loss: points per mask
     mask_oversample: float = 3.0
     mask_importance: float = 0.75
@@ -129,6 +134,10 @@ class SamaConfig:
         if tokens is not None and (not isinstance(tokens, list) or not tokens or len(set(tokens)) != len(tokens)
                                    or not all(type(t) is int and t >= 0 for t in tokens)):
             problems.append(f"'region_attribute_tokens' must be null or a list of distinct token indices (0, 1, ...), got {tokens!r}")
+        if not isinstance(self.region_word_tokens, bool):
+            problems.append(f"'region_word_tokens' must be true or false, got {self.region_word_tokens!r}")
+        elif self.region_word_tokens and not self.region_attributes:
+            problems.append("'region_word_tokens' needs 'region_attributes': the word tokens are the attribute heads' predictions")
         if problems:
             raise ValueError("invalid SAMA config: " + "; ".join(problems) + ".")
         return self

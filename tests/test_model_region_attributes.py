@@ -69,6 +69,7 @@ def test_the_loss_trains_the_heads_towards_the_labels():
     ({"motion": {"field": "motions", "values": ["one"]}}, "at least two strings"),
     ({"motion": {"field": "motions", "values": MOTIONS, "index": -1}}, "non-negative integer"),
     ({"motion": {"field": "motions", "values": MOTIONS, "colour": 1}}, "unknown key(s) colour"),
+    ({"then": {"field": "motions", "index": 1, "values": MOTIONS, "absent": "nothing"}}, "absent' must be one of its values"),
 ])
 def test_a_bad_attribute_config_names_the_problem(attributes, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -142,7 +143,7 @@ def test_heads_can_read_only_the_motion_token():
     assert model.aggregator.region_motion[0].weight.grad.abs().sum() > 0
     shape_grad = model.aggregator.region_shape[0].weight.grad
     assert shape_grad is None or not shape_grad.abs().sum()  # the shape token is left to the LLM
-    with pytest.raises(ValueError, match="past the 2 each region has"):
+    with pytest.raises(ValueError, match="past the 2 the aggregator gives each region"):
         SamaModel(attribute_config(region_attribute_tokens=[2]))
     for bad in ([1, 1], [True], [], [-1]):
         with pytest.raises(ValueError, match="region_attribute_tokens"):
@@ -158,3 +159,48 @@ def test_an_aggregator_giving_other_than_its_declared_token_count_is_named():
     video = model.encode_video(sample.frames[:4], [0, 3], with_sam2=False)
     with pytest.raises(ValueError, match="region_token_count"):
         model.region_tokens(video, sample.turns[1].region_masks[:, :4])
+
+
+def test_an_absent_value_labels_a_list_too_short():
+    heads = RegionAttributeHeads(8, {"then": {"field": "motions", "index": 1, "values": MOTIONS, "absent": "stays still"}})
+    assert heads.labels({"motions": ["moves left"]}) == {"then": 2}
+    assert heads.labels({"motions": ["moves left", "moves right"]}) == {"then": 1}
+
+
+def test_word_tokens_are_the_heads_predictions_as_word_embeddings(tmp_path):
+    torch.manual_seed(0)
+    model = SamaModel(attribute_config(region_word_tokens=True)).train()
+    assert model.aggregator_token_count == 2 and model.region_token_count == 2 + len(ATTRIBUTES)
+    sample = labelled_square_sample()
+    video = model.encode_video(sample.frames[:4], [0, 3], with_sam2=False)
+    region = sample.turns[1].region_masks[:, :4]
+    tokens = model.region_tokens(video, region)
+    assert tokens.shape == (1, 5, model.llm.hidden_size)
+    # a head made certain of one value gives exactly the mean embedding of that value's words
+    with torch.no_grad():
+        model.region_heads.heads["colour"].bias.copy_(torch.tensor([0.0, 1e4]))
+    blue = model.llm.embed(torch.tensor(model.llm.encode_text("blue")))[0]
+    assert list(model.value_ids) == ["colour", "motion", "then"]  # name order, as a saved config's keys come back
+    assert torch.allclose(model.region_tokens(video, region)[0, 2], blue, atol=1e-5)
+    with torch.no_grad():
+        model.region_heads.heads["motion"].bias.copy_(torch.tensor([0.0, 1e4, 0.0]))
+    moves_right = model.llm.embed(torch.tensor(model.llm.encode_text("moves right"))).mean(dim=0)
+    assert torch.allclose(model.region_tokens(video, region)[0, 3], moves_right, atol=1e-5)
+    # the prompt holds all five tokens, and the LLM's loss alone reaches the heads through them
+    ids = model.conversation_pieces(video, sample, [0, 1, 2, 3])[3].ids
+    opened = ids.index(model.llm.ids["<vp>"])
+    assert ids[opened + 1 : opened + 7] == [model.llm.ids["<reg>"]] * 5 + [model.llm.ids["</vp>"]]
+    model.set_training_phase({"loss_weights": {"lm": 1, "bce": 0, "dice": 0, "where": 0, "attribute": 0}})
+    model.zero_grad()
+    model(sample).loss.backward()
+    assert model.region_heads.heads["then"].weight.grad.abs().sum() > 0
+    model.eval().save_pretrained(tmp_path / "m")
+    loaded = SamaModel.from_pretrained(tmp_path / "m").eval()
+    assert torch.allclose(loaded.region_tokens(video, region), model.region_tokens(video, region), atol=1e-6)
+
+
+def test_word_tokens_need_heads_and_readable_values():
+    with pytest.raises(ValueError, match="region_word_tokens' needs 'region_attributes'"):
+        SamaConfig(region_word_tokens=True)
+    with pytest.raises(ValueError, match="region_word_tokens' must be true or false"):
+        SamaConfig(region_attributes=ATTRIBUTES, region_word_tokens="yes")

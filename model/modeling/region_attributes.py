@@ -9,13 +9,22 @@ tokens that direct signal; the words themselves are still learned by the LLM.
 
 Configured as data (SamaConfig.region_attributes):
 
-    {"motion": {"field": "motions", "index": 0, "values": ["moves left", ...]}}
+    {"motion": {"field": "motions", "index": 0, "values": ["moves left", ...]},
+     "then": {"field": "motions", "index": 1, "values": [..., "nothing"], "absent": "nothing"}}
 
 Labels come from a turn's `expect` (the world generator writes it into each
 record's meta, see training/world/language.py): `expect[field]`, or its
-`index`-th element when it is a list. A turn without `expect`, with more than
-one region, or whose value is not among `values`, gives no label: real
-SAMA-239K data, which has none, trains exactly as without the heads.
+`index`-th element when it is a list (`absent` when the list is shorter). A
+turn without `expect`, with more than one region, or whose value is not among
+`values`, gives no label: real SAMA-239K data, which has none, trains exactly
+as without the heads.
+
+With `region_word_tokens` the heads also feed the LLM: each head's softmax
+over its values weights the mean input embedding of each value's words, one
+token per attribute after the region's own tokens. The LLM's embeddings are
+tied to its output, so naming what a region is becomes copying words that are
+already in the prompt, one attribute per token, which recombines to unseen
+colour-shape-motion triples as the attributes themselves do.
 """
 from __future__ import annotations
 
@@ -46,10 +55,20 @@ class RegionAttributeHeads(nn.Module):
             value = (expect or {}).get(spec["field"])
             if isinstance(value, list):
                 index = spec.get("index", 0)
-                value = value[index] if index < len(value) else None
+                value = value[index] if index < len(value) else spec.get("absent")
             if isinstance(value, str) and value in spec["values"]:
                 found[name] = spec["values"].index(value)
         return found
+
+    def logits(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """rows (R, tokens_per_region * D), a region's read tokens flattened -> {attribute: (R, values)}."""
+        return {name: head(rows) for name, head in self.heads.items()}
+
+    def word_tokens(self, rows: torch.Tensor, value_embeddings: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """rows (R, tokens_per_region * D); value_embeddings {attribute: (values, D)} -> (R, attributes, D):
+        per attribute in the order of `value_embeddings`, the expected embedding of its value under the head's softmax."""
+        logits = self.logits(rows)
+        return torch.stack([logits[name].softmax(dim=-1) @ embeddings for name, embeddings in value_embeddings.items()], dim=1)
 
     def loss(self, tokens: Sequence[torch.Tensor], labels: Sequence[Mapping[str, int]]) -> tuple[torch.Tensor, int]:
         """tokens: per labelled region (tokens_per_region, D); labels: its {attribute: index} -> (mean cross-entropy, count)."""

@@ -127,14 +127,17 @@ class SamaModel(nn.Module):
         if head_options.get("where"):
             head_options.setdefault("feature_dim", self.sam2.where_channels)
         self.seg_head = GroundingHead(hidden, prompt_dim=self.sam2.prompt_dim, **head_options)
-        # a region is `region_token_count` tokens between <vp> and </vp>: 2 by the protocol, 3 with a motion token
-        self.region_token_count = int(getattr(self.aggregator, "region_token_count", 2))
-        self.attribute_token_rows = list(config.region_attribute_tokens or range(self.region_token_count))
-        if max(self.attribute_token_rows) >= self.region_token_count:
+        # a region is the aggregator's `region_token_count` tokens (2 by the protocol, 3 with a motion token),
+        # then one word token per attribute with `region_word_tokens`, all between <vp> and </vp>
+        self.aggregator_token_count = int(getattr(self.aggregator, "region_token_count", 2))
+        self.attribute_token_rows = list(config.region_attribute_tokens or range(self.aggregator_token_count))
+        if max(self.attribute_token_rows) >= self.aggregator_token_count:
             raise ValueError(f"region_attribute_tokens {config.region_attribute_tokens} names a token past the "
-                             f"{self.region_token_count} each region has; use indices below {self.region_token_count}.")
+                             f"{self.aggregator_token_count} the aggregator gives each region; use indices below {self.aggregator_token_count}.")
         self.region_heads = (RegionAttributeHeads(hidden, config.region_attributes, len(self.attribute_token_rows))
                              if config.region_attributes else None)
+        self.value_ids = self._attribute_value_ids() if config.region_word_tokens else {}
+        self.region_token_count = self.aggregator_token_count + len(self.value_ids)
         self._check_llm_tokens()
         self._apply_freeze()
 
@@ -149,6 +152,23 @@ class SamaModel(nn.Module):
         if grid is not None and "grid" not in options and _accepts(factory, "grid"):
             options["grid"] = list(grid)
         return options
+
+    def _attribute_value_ids(self) -> dict[str, list[list[int]]]:
+        """{attribute: the token ids of each of its values' words}, for the word tokens, in name order
+        (a saved config's keys come back sorted, so the order must not depend on how they were written)."""
+        value_ids = {}
+        for name, spec in sorted(self.config.region_attributes.items()):
+            value_ids[name] = [self.llm.encode_text(value) for value in spec["values"]]
+            empty = [value for value, ids in zip(spec["values"], value_ids[name]) if not ids]
+            if empty:
+                raise ValueError(f"region_attributes.{name}: the LLM's tokenizer makes no tokens of {empty}; "
+                                 "word tokens need every value to be text the LLM can read.")
+        return value_ids
+
+    def value_embeddings(self) -> dict[str, torch.Tensor]:
+        """{attribute: (values, D)} the mean input embedding of each value's words (live, so tied to the LLM)."""
+        return {name: torch.stack([self.llm.embed(torch.tensor(ids, device=self.device)).mean(dim=0) for ids in values])
+                for name, values in self.value_ids.items()}
 
     def _check_llm_tokens(self) -> None:
         ids = getattr(self.llm, "ids", None)
@@ -240,11 +260,14 @@ class SamaModel(nn.Module):
             tokens = self.aggregator.region_tokens(video.patch_tokens, grid_masks, boxes, shape_masks=shapes)
         else:
             tokens = self.aggregator.region_tokens(video.patch_tokens, grid_masks, boxes)
-        expected = (masks.shape[0], self.region_token_count, self.llm.hidden_size)
+        expected = (masks.shape[0], self.aggregator_token_count, self.llm.hidden_size)
         if tuple(tokens.shape) != expected:
             raise ValueError(f"aggregator '{self.config.aggregator}' gave region tokens {tuple(tokens.shape)}, expected {expected}: "
                              "an aggregator with other than 2 tokens per region must say so in `region_token_count`.")
-        return tokens
+        if not self.value_ids:
+            return tokens
+        words = self.region_heads.word_tokens(tokens[:, self.attribute_token_rows].flatten(1), self.value_embeddings())
+        return torch.cat([tokens, words.to(tokens.dtype)], dim=1)
 
     @staticmethod
     def _cue_pixels(video: VideoContext, size) -> torch.Tensor:
