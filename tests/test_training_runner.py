@@ -290,11 +290,13 @@ def test_invalid_records_are_counted_in_the_log_when_skipped(world, tmp_path):
 @pytest.mark.parametrize("recipe", sorted(Path(__file__).resolve().parents[1].glob("training/configs/*.json")), ids=lambda p: p.name)
 def test_every_shipped_recipe_parses_and_names_a_valid_model(recipe):
     from sama_agent.model.configuration import SamaConfig
-    from sama_agent.training.world import MOTIONS
+    from sama_agent.training.world import COLOURS, MOTIONS, SHAPES, TEXTURES
 
     config = TrainConfig.from_file(recipe)
     spec = config.model
+    world_values = {"colour": list(COLOURS), "shape": list(SHAPES), "texture": list(TEXTURES), "motions": list(MOTIONS)}
     if "named" in spec:
         model = SamaConfig.from_named(spec["named"], **spec.get("overrides", {}))
-        for attribute in model.region_attributes.values():  # motion heads name the world's own phrases
-            assert attribute["values"] == list(MOTIONS)
+        for attribute in model.region_attributes.values():  # heads name the world's own words, plus an absent value
+            absent = [attribute["absent"]] if "absent" in attribute else []
+            assert attribute["values"] == world_values[attribute["field"]] + absent
