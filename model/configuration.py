@@ -25,7 +25,7 @@ def check_attributes(attributes: Mapping) -> list[str]:
     """Problems with a region_attributes config, as sentences (empty when it is valid)."""
     problems = []
     if not isinstance(attributes, Mapping):
-        return ["'region_attributes' must be a JSON object of {name: {field, index, values, absent}}"]
+        return ["'region_attributes' must be a JSON object of {name: {field, index, values, absent, tokens}}"]
     for name, spec in attributes.items():
         where = f"region_attributes.{name}"
         if not isinstance(spec, Mapping) or not isinstance(spec.get("field"), str):
@@ -34,14 +34,22 @@ def check_attributes(attributes: Mapping) -> list[str]:
         values = spec.get("values")
         if not isinstance(values, list) or len(values) < 2 or not all(isinstance(v, str) for v in values):
             problems.append(f"'{where}.values' must list at least two strings")
-        unknown = sorted(set(spec) - {"field", "index", "values", "absent"})
+        unknown = sorted(set(spec) - {"field", "index", "values", "absent", "tokens"})
         if unknown:
-            problems.append(f"'{where}' has unknown key(s) {', '.join(unknown)}; use field, index, values and absent")
+            problems.append(f"'{where}' has unknown key(s) {', '.join(unknown)}; use field, index, values, absent and tokens")
+        if "tokens" in spec and not _token_indices(spec["tokens"]):
+            problems.append(f"'{where}.tokens' must be a list of distinct token indices (0, 1, ...), got {spec['tokens']!r}")
         if "absent" in spec and not (isinstance(values, list) and spec["absent"] in values):
             problems.append(f"'{where}.absent' must be one of its values (the label when the field's list is too short)")
         if "index" in spec and not (isinstance(spec["index"], int) and spec["index"] >= 0):
             problems.append(f"'{where}.index' must be a non-negative integer")
     return problems
+
+
+def _token_indices(value) -> bool:
+    """A non-empty list of distinct non-negative ints (booleans are not indices)."""
+    return (isinstance(value, list) and bool(value) and len(set(value)) == len(value)
+            and all(type(t) is int and t >= 0 for t in value))
 
 
 @dataclass
@@ -86,8 +94,8 @@ class SamaConfig:
     # Auxiliary heads reading labelled attributes off region tokens (region_attributes.py); {} builds none.
     region_attributes: dict = field(default_factory=dict)
     region_attribute_loss_weight: float = 0.5
-    # Which of a region's tokens the heads read, by index (null: all of them). [2] with a motion token
-    # keeps the heads' gradient out of the feature and shape tokens.
+    # Which of a region's tokens the heads read, by index (null: all of them); an attribute's own `tokens`
+    # overrides it. [2] with a motion token keeps the heads' gradient out of the feature and shape tokens.
     region_attribute_tokens: list | None = None
     # Word tokens: each attribute head's softmax over its values, as the mean input embedding of each
     # value's words, follows the region's own tokens (one token per attribute; region_attributes.py).
@@ -131,8 +139,7 @@ class SamaConfig:
             problems.append("'mask_points' must be at least 1")
         problems += check_attributes(self.region_attributes)
         tokens = self.region_attribute_tokens
-        if tokens is not None and (not isinstance(tokens, list) or not tokens or len(set(tokens)) != len(tokens)
-                                   or not all(type(t) is int and t >= 0 for t in tokens)):
+        if tokens is not None and not _token_indices(tokens):
             problems.append(f"'region_attribute_tokens' must be null or a list of distinct token indices (0, 1, ...), got {tokens!r}")
         if not isinstance(self.region_word_tokens, bool):
             problems.append(f"'region_word_tokens' must be true or false, got {self.region_word_tokens!r}")

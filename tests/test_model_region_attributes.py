@@ -70,6 +70,7 @@ def test_the_loss_trains_the_heads_towards_the_labels():
     ({"motion": {"field": "motions", "values": MOTIONS, "index": -1}}, "non-negative integer"),
     ({"motion": {"field": "motions", "values": MOTIONS, "colour": 1}}, "unknown key(s) colour"),
     ({"then": {"field": "motions", "index": 1, "values": MOTIONS, "absent": "nothing"}}, "absent' must be one of its values"),
+    ({"motion": {"field": "motions", "values": MOTIONS, "tokens": [True]}}, "motion.tokens' must be a list of distinct"),
 ])
 def test_a_bad_attribute_config_names_the_problem(attributes, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -204,3 +205,26 @@ def test_word_tokens_need_heads_and_readable_values():
         SamaConfig(region_word_tokens=True)
     with pytest.raises(ValueError, match="region_word_tokens' must be true or false"):
         SamaConfig(region_attributes=ATTRIBUTES, region_word_tokens="yes")
+
+
+def test_each_attribute_can_read_its_own_tokens():
+    """Motion off the motion token alone, colour off the feature and shape tokens: neither head can
+    lean on the other's cues (a motion read with the colour could memorise colour-motion pairs)."""
+    torch.manual_seed(0)
+    options = dict(dim=48, heads=2, spatial_queries=4, temporal_queries=6, window=4, region_cues=True, region_motion="token")
+    attributes = {"motion": {**ATTRIBUTES["motion"], "tokens": [2]}, "colour": {**ATTRIBUTES["colour"], "tokens": [0, 1]}}
+    model = SamaModel(attribute_config(aggregator_options=options, region_attributes=attributes)).train()
+    hidden = model.llm.hidden_size
+    assert model.region_heads.heads["motion"].in_features == hidden
+    assert model.region_heads.heads["colour"].in_features == 2 * hidden
+    model.set_training_phase({"loss_weights": {"lm": 0, "bce": 0, "dice": 0, "where": 0, "attribute": 1}})
+    sample = labelled_square_sample()
+    for turn_meta in sample.meta["turn_meta"]:
+        turn_meta["expect"] = {"colour": "red"}  # a colour label only
+    model.zero_grad()
+    model(sample).loss.backward()
+    motion_grad = model.aggregator.region_motion[0].weight.grad
+    assert motion_grad is None or not motion_grad.abs().sum()  # the colour head does not read the motion token
+    assert model.aggregator.region_shape[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"region_attributes.motion.tokens \[3\] names a token past the 3"):
+        SamaModel(attribute_config(aggregator_options=options, region_attributes={"motion": {**ATTRIBUTES["motion"], "tokens": [3]}}))

@@ -9,7 +9,7 @@ tokens that direct signal; the words themselves are still learned by the LLM.
 
 Configured as data (SamaConfig.region_attributes):
 
-    {"motion": {"field": "motions", "index": 0, "values": ["moves left", ...]},
+    {"motion": {"field": "motions", "index": 0, "values": ["moves left", ...], "tokens": [2]},
      "then": {"field": "motions", "index": 1, "values": [..., "nothing"], "absent": "nothing"}}
 
 Labels come from a turn's `expect` (the world generator writes it into each
@@ -38,15 +38,25 @@ from ..configuration import check_attributes
 
 
 class RegionAttributeHeads(nn.Module):
-    """One linear classifier per attribute over the region tokens it reads (SamaConfig.region_attribute_tokens), flattened."""
+    """One linear classifier per attribute over the region tokens it reads, flattened: the attribute's own
+    `tokens` (indices into a region's tokens), else `default_tokens` (SamaConfig.region_attribute_tokens), else all."""
 
-    def __init__(self, hidden: int, attributes: Mapping, tokens_per_region: int = 2):
+    def __init__(self, hidden: int, attributes: Mapping, token_count: int = 2, default_tokens: Sequence[int] | None = None):
         super().__init__()
         problems = check_attributes(attributes)
         if problems:
             raise ValueError("invalid region attributes: " + "; ".join(problems) + ".")
         self.attributes = {name: dict(spec) for name, spec in attributes.items()}
-        self.heads = nn.ModuleDict({name: nn.Linear(tokens_per_region * hidden, len(spec["values"])) for name, spec in self.attributes.items()})
+        self.rows = {}
+        for name, spec in self.attributes.items():
+            rows = list(spec.get("tokens") or default_tokens or range(token_count))
+            if max(rows) >= token_count:
+                setting = f"region_attributes.{name}.tokens" if spec.get("tokens") else "region_attribute_tokens"
+                raise ValueError(f"{setting} {rows} names a token past the {token_count} the aggregator gives each region; "
+                                 f"use indices below {token_count}.")
+            self.rows[name] = rows
+        self.heads = nn.ModuleDict({name: nn.Linear(len(self.rows[name]) * hidden, len(spec["values"]))
+                                    for name, spec in self.attributes.items()})
 
     def labels(self, expect: Mapping | None) -> dict[str, int]:
         """{attribute: class index} for the attributes this `expect` names."""
@@ -60,21 +70,21 @@ class RegionAttributeHeads(nn.Module):
                 found[name] = spec["values"].index(value)
         return found
 
-    def logits(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """rows (R, tokens_per_region * D), a region's read tokens flattened -> {attribute: (R, values)}."""
-        return {name: head(rows) for name, head in self.heads.items()}
+    def logits(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """tokens (R, token_count, D), regions' tokens from the aggregator -> {attribute: (R, values)}."""
+        return {name: head(tokens[:, self.rows[name]].flatten(1)) for name, head in self.heads.items()}
 
-    def word_tokens(self, rows: torch.Tensor, value_embeddings: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """rows (R, tokens_per_region * D); value_embeddings {attribute: (values, D)} -> (R, attributes, D):
+    def word_tokens(self, tokens: torch.Tensor, value_embeddings: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """tokens (R, token_count, D); value_embeddings {attribute: (values, D)} -> (R, attributes, D):
         per attribute in the order of `value_embeddings`, the expected embedding of its value under the head's softmax."""
-        logits = self.logits(rows)
+        logits = self.logits(tokens)
         return torch.stack([logits[name].softmax(dim=-1) @ embeddings for name, embeddings in value_embeddings.items()], dim=1)
 
     def loss(self, tokens: Sequence[torch.Tensor], labels: Sequence[Mapping[str, int]]) -> tuple[torch.Tensor, int]:
-        """tokens: per labelled region (tokens_per_region, D); labels: its {attribute: index} -> (mean cross-entropy, count)."""
+        """tokens: per labelled region (token_count, D); labels: its {attribute: index} -> (mean cross-entropy, count)."""
         total, count = None, 0
         for name, head in self.heads.items():
-            pairs = [(t.reshape(-1), found[name]) for t, found in zip(tokens, labels) if name in found]
+            pairs = [(t[self.rows[name]].reshape(-1), found[name]) for t, found in zip(tokens, labels) if name in found]
             if not pairs:
                 continue
             rows, targets = zip(*pairs)

@@ -130,12 +130,8 @@ class SamaModel(nn.Module):
         # a region is the aggregator's `region_token_count` tokens (2 by the protocol, 3 with a motion token),
         # then one word token per attribute with `region_word_tokens`, all between <vp> and </vp>
         self.aggregator_token_count = int(getattr(self.aggregator, "region_token_count", 2))
-        self.attribute_token_rows = list(config.region_attribute_tokens or range(self.aggregator_token_count))
-        if max(self.attribute_token_rows) >= self.aggregator_token_count:
-            raise ValueError(f"region_attribute_tokens {config.region_attribute_tokens} names a token past the "
-                             f"{self.aggregator_token_count} the aggregator gives each region; use indices below {self.aggregator_token_count}.")
-        self.region_heads = (RegionAttributeHeads(hidden, config.region_attributes, len(self.attribute_token_rows))
-                             if config.region_attributes else None)
+        self.region_heads = (RegionAttributeHeads(hidden, config.region_attributes, self.aggregator_token_count,
+                                                  config.region_attribute_tokens) if config.region_attributes else None)
         self.value_ids = self._attribute_value_ids() if config.region_word_tokens else {}
         self.region_token_count = self.aggregator_token_count + len(self.value_ids)
         self._check_llm_tokens()
@@ -266,7 +262,7 @@ class SamaModel(nn.Module):
                              "an aggregator with other than 2 tokens per region must say so in `region_token_count`.")
         if not self.value_ids:
             return tokens
-        words = self.region_heads.word_tokens(tokens[:, self.attribute_token_rows].flatten(1), self.value_embeddings())
+        words = self.region_heads.word_tokens(tokens, self.value_embeddings())
         return torch.cat([tokens, words.to(tokens.dtype)], dim=1)
 
     @staticmethod
@@ -530,7 +526,7 @@ class SamaModel(nn.Module):
             found = self.region_heads.labels(meta.get("expect"))
             if found:
                 question = pieces[1 + 2 * number]  # prefix, then (question, answer) per turn
-                tokens.append(question.fills[1].reshape(self.region_token_count, -1)[self.attribute_token_rows])
+                tokens.append(question.fills[1].reshape(self.region_token_count, -1)[: self.aggregator_token_count])
                 labels.append(found)
         return tokens, labels
 
