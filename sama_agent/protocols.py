@@ -38,8 +38,9 @@ class Aggregator(Protocol):
 
     `context_tokens(patch_tokens, question, region_feats)`:
         patch_tokens (T, N, C) float32; question (L, D) token embeddings of the
-        current question; region_feats (R, 2, D) or None -> (T, D), one
-        context token per frame for this turn.
+        current question; region_feats (R, k, D) or None -> (T, D), one
+        context token per frame for this turn (k: the region's tokens as the
+        LLM sees them, this aggregator's plus any word tokens, see below).
     `region_tokens(patch_tokens, region_masks, region_boxes)`:
         patch_tokens (T, N, C); region_masks (R, T, h, w) float in [0, 1] on the
         patch grid (all-zero where the region is not visible); region_boxes
@@ -47,6 +48,8 @@ class Aggregator(Protocol):
         box-shape feature, placed between `<vp>` and `</vp>`. An aggregator
         that gives more tokens per region says so in an optional
         `region_token_count` attribute (the st-qformer's motion token makes 3).
+        A model with `region_word_tokens` appends one token per attribute head
+        after them; the aggregator does not make those.
     """
 
     name: str

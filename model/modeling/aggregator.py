@@ -6,7 +6,8 @@
    (with frame-time embeddings), in windows of `window` frames for long
    videos, conditioned on the current question: the question's token
    embeddings, in which every `<mask>` reference has already been replaced by
-   that region's two tokens (feature + shape), join the queries in
+   that region's tokens (feature, shape [, motion] [, the model's word
+   tokens]), join the queries in
    self-attention -> (W * Qt, A).
 3. Context injection: each frame's patch tokens query the temporal output;
    an attention pool over the patches gives one context token per frame for
@@ -104,9 +105,9 @@ class SpatioTemporalQFormer(nn.Module):
         # feature token, not the shape token (swapping a region's shape token between samples changed its
         # answers' log-probability by 0.02 nats, the feature token by 0.6). Added to the feature token,
         # motion words are learned but colour and shape words stop generalising to unseen
-        # colour-shape-motion triples. As a token of its own ("token") the LLM reads it, but in every run
-        # so far, with or without attribute heads, its shape words collapsed (README, Training): neither
-        # is a shipped default.
+        # colour-shape-motion triples. As a token of its own ("token") the LLM reads it, but its shape
+        # words collapsed, with or without attribute heads, until the model's word tokens gave it the
+        # shape as a word (the shipped default: "token" + word tokens; README, Training).
         self.motion_mode = _motion_mode(region_motion)
         if self.motion_mode and not self.region_cues:
             raise ValueError("st-qformer: region_motion reads the path in the region cues; build with region_cues=True too.")
@@ -168,7 +169,7 @@ class SpatioTemporalQFormer(nn.Module):
     # ---- protocol ---------------------------------------------------------------------------------
     def context_tokens(self, patch_tokens: torch.Tensor, question: torch.Tensor, region_feats: torch.Tensor | None = None) -> torch.Tensor:
         """patch_tokens (T, N, C); question (L, D) embeddings of the current question with region tokens
-        in place of each `<mask>`; region_feats (R, 2, D) or None (also attended, tagged as regions) -> (T, D)."""
+        in place of each `<mask>`; region_feats (R, k, D) or None (also attended) -> (T, D)."""
         patches = self._patches(patch_tokens)
         condition = [question] if question is not None and question.numel() else []
         if region_feats is not None and region_feats.numel():
