@@ -15,6 +15,8 @@ MOTIONS = ["moves left", "moves right", "stays still"]
 ATTRIBUTES = {"motion": {"field": "motions", "index": 0, "values": MOTIONS},
               "then": {"field": "motions", "index": 1, "values": MOTIONS},
               "colour": {"field": "colour", "values": ["red", "blue"]}}
+AGGREGATOR_OPTIONS = dict(dim=48, heads=2, spatial_queries=4, temporal_queries=6, window=4, region_cues=True)
+MOTION_TOKEN_OPTIONS = {**AGGREGATOR_OPTIONS, "region_motion": "token"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -24,8 +26,7 @@ def _one_thread():
 
 
 def attribute_config(**overrides):
-    options = dict(aggregator_options=dict(dim=48, heads=2, spatial_queries=4, temporal_queries=6, window=4, region_cues=True),
-                   region_attributes=ATTRIBUTES)
+    options = dict(aggregator_options=AGGREGATOR_OPTIONS, region_attributes=ATTRIBUTES)
     options.update(overrides)
     return tiny_config(**options)
 
@@ -114,8 +115,7 @@ def test_checkpoints_keep_the_heads(tmp_path):
 
 def test_a_motion_token_makes_three_region_tokens_the_prompt_and_heads_follow(tmp_path):
     torch.manual_seed(0)
-    options = dict(dim=48, heads=2, spatial_queries=4, temporal_queries=6, window=4, region_cues=True, region_motion="token")
-    model = SamaModel(attribute_config(aggregator_options=options)).train()
+    model = SamaModel(attribute_config(aggregator_options=MOTION_TOKEN_OPTIONS)).train()
     assert model.region_token_count == 3
     sample = labelled_square_sample()
     item = model._prepare_sample(sample)
@@ -136,8 +136,7 @@ def test_a_motion_token_makes_three_region_tokens_the_prompt_and_heads_follow(tm
 
 def test_heads_can_read_only_the_motion_token():
     torch.manual_seed(0)
-    options = dict(dim=48, heads=2, spatial_queries=4, temporal_queries=6, window=4, region_cues=True, region_motion="token")
-    model = SamaModel(attribute_config(aggregator_options=options, region_attribute_tokens=[2])).train()
+    model = SamaModel(attribute_config(aggregator_options=MOTION_TOKEN_OPTIONS, region_attribute_tokens=[2])).train()
     assert model.region_heads.heads["motion"].in_features == model.llm.hidden_size
     model.set_training_phase({"loss_weights": {"lm": 0, "bce": 0, "dice": 0, "where": 0, "attribute": 1}})
     model(labelled_square_sample()).loss.backward()
@@ -153,8 +152,7 @@ def test_heads_can_read_only_the_motion_token():
 
 def test_an_aggregator_giving_other_than_its_declared_token_count_is_named():
     torch.manual_seed(0)
-    options = dict(dim=48, heads=2, spatial_queries=4, temporal_queries=6, window=4, region_cues=True, region_motion="token")
-    model = SamaModel(attribute_config(aggregator_options=options)).eval()
+    model = SamaModel(attribute_config(aggregator_options=MOTION_TOKEN_OPTIONS)).eval()
     model.aggregator.motion_mode = None  # it still declares 3 tokens a region but now gives 2
     sample = labelled_square_sample()
     video = model.encode_video(sample.frames[:4], [0, 3], with_sam2=False)
@@ -205,15 +203,17 @@ def test_word_tokens_need_heads_and_readable_values():
         SamaConfig(region_word_tokens=True)
     with pytest.raises(ValueError, match="region_word_tokens' must be true or false"):
         SamaConfig(region_attributes=ATTRIBUTES, region_word_tokens="yes")
+    unreadable = {"colour": {"field": "colour", "values": ["red", ""]}}
+    with pytest.raises(ValueError, match=r"region_attributes.colour: the LLM's tokenizer makes no tokens of \[''\]"):
+        SamaModel(attribute_config(region_attributes=unreadable, region_word_tokens=True))
 
 
 def test_each_attribute_can_read_its_own_tokens():
     """Motion off the motion token alone, colour off the feature and shape tokens: neither head can
     lean on the other's cues (a motion read with the colour could memorise colour-motion pairs)."""
     torch.manual_seed(0)
-    options = dict(dim=48, heads=2, spatial_queries=4, temporal_queries=6, window=4, region_cues=True, region_motion="token")
     attributes = {"motion": {**ATTRIBUTES["motion"], "tokens": [2]}, "colour": {**ATTRIBUTES["colour"], "tokens": [0, 1]}}
-    model = SamaModel(attribute_config(aggregator_options=options, region_attributes=attributes)).train()
+    model = SamaModel(attribute_config(aggregator_options=MOTION_TOKEN_OPTIONS, region_attributes=attributes)).train()
     hidden = model.llm.hidden_size
     assert model.region_heads.heads["motion"].in_features == hidden
     assert model.region_heads.heads["colour"].in_features == 2 * hidden
@@ -227,4 +227,4 @@ def test_each_attribute_can_read_its_own_tokens():
     assert motion_grad is None or not motion_grad.abs().sum()  # the colour head does not read the motion token
     assert model.aggregator.region_shape[0].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match=r"region_attributes.motion.tokens \[3\] names a token past the 3"):
-        SamaModel(attribute_config(aggregator_options=options, region_attributes={"motion": {**ATTRIBUTES["motion"], "tokens": [3]}}))
+        SamaModel(attribute_config(aggregator_options=MOTION_TOKEN_OPTIONS, region_attributes={"motion": {**ATTRIBUTES["motion"], "tokens": [3]}}))

@@ -134,6 +134,8 @@ class SamaModel(nn.Module):
                                                   config.region_attribute_tokens) if config.region_attributes else None)
         self.value_ids = self._attribute_value_ids() if config.region_word_tokens else {}
         self.region_token_count = self.aggregator_token_count + len(self.value_ids)
+        if self.value_ids:
+            self._register_word_table()
         self._check_llm_tokens()
         self._apply_freeze()
 
@@ -161,10 +163,23 @@ class SamaModel(nn.Module):
                                  "word tokens need every value to be text the LLM can read.")
         return value_ids
 
+    def _register_word_table(self) -> None:
+        """Every value's word ids in one row and the matrix that averages them per value, so the value
+        embeddings cost one embedding lookup per region set (buffers, not saved: they follow the config)."""
+        values = [ids for per_attribute in self.value_ids.values() for ids in per_attribute]
+        flat = [token for ids in values for token in ids]
+        mean = torch.zeros(len(values), len(flat))
+        start = 0
+        for row, ids in enumerate(values):
+            mean[row, start : start + len(ids)] = 1.0 / len(ids)
+            start += len(ids)
+        self.register_buffer("word_ids", torch.tensor(flat, dtype=torch.long), persistent=False)
+        self.register_buffer("word_mean", mean, persistent=False)
+
     def value_embeddings(self) -> dict[str, torch.Tensor]:
         """{attribute: (values, D)} the mean input embedding of each value's words (live, so tied to the LLM)."""
-        return {name: torch.stack([self.llm.embed(torch.tensor(ids, device=self.device)).mean(dim=0) for ids in values])
-                for name, values in self.value_ids.items()}
+        table = self.word_mean @ self.llm.embed(self.word_ids)
+        return dict(zip(self.value_ids, table.split([len(values) for values in self.value_ids.values()])))
 
     def _check_llm_tokens(self) -> None:
         ids = getattr(self.llm, "ids", None)
