@@ -59,6 +59,47 @@ def test_cues_follow_the_path_and_hold_where_the_region_is_hidden():
     assert held[-1, 3] == 0 and held[-1, 0] == 0 and held[0, 3] == 1  # not shown: no offset, flag off
 
 
+def entering_square(frames=8, size=64, side=16, speed=4):
+    """A square sliding right at `speed` px per frame, starting half outside the left border."""
+    masks = np.zeros((frames, size, size), bool)
+    for t in range(frames):
+        left = -side // 2 + speed * t
+        masks[t, 24:24 + side, max(left, 0):left + side] = True
+    return masks
+
+
+def test_box_path_keeps_the_true_centre_while_the_border_cuts_the_region():
+    masks = torch.from_numpy(entering_square()[None]).float()
+    pixels = torch.full((8, 3, 64, 64), 0.5)
+    steps = {}
+    for path in ("centroid", "box"):
+        track = region_cues(masks, pixels, path)[0, 8:].reshape(PATH_SLOTS, 4)
+        steps[path] = (track[1:, 0] - track[:-1, 0]) / 4 * 64  # px per frame
+    # cut by the border for its first frames: the visible part's centroid moves at half the speed
+    assert torch.allclose(steps["centroid"][:2], torch.tensor([2.0, 2.0]))
+    assert torch.allclose(steps["box"], torch.full((7,), 4.0))  # the object's own speed throughout
+    with pytest.raises(ValueError, match="path must be one of centroid, box"):
+        region_cues(masks, pixels, "bbox")
+    with pytest.raises(ValueError, match="cue_path must be one of"):
+        SpatioTemporalQFormer(in_dim=16, out_dim=24, region_cues=True, cue_path="edge")
+
+
+def test_the_model_computes_cues_with_its_aggregators_path():
+    entering = entering_square(frames=6)
+    frames = np.full((6, 64, 64, 3), 100, np.uint8)
+    frames[entering] = (220, 30, 30)
+    tokens = {}
+    for path in ("centroid", "box"):
+        torch.manual_seed(0)
+        options = dict(dim=48, heads=2, spatial_queries=4, temporal_queries=6, window=4, region_cues=True, region_motion="token", cue_path=path)
+        model = SamaModel(cue_config(aggregator_options=options)).eval()
+        with torch.no_grad():
+            video = model.encode_video(frames, with_sam2=False)
+            tokens[path] = model.region_tokens(video, entering[None])[0]
+    assert torch.equal(tokens["centroid"][:1], tokens["box"][:1])  # the pooled feature does not read the path
+    assert not torch.allclose(tokens["centroid"][2], tokens["box"][2])  # the motion token does
+
+
 def test_cues_refuse_masks_that_do_not_match_the_frames():
     frames, masks = square_frames()
     with pytest.raises(ValueError, match="same frames and size"):

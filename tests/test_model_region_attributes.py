@@ -10,6 +10,7 @@ from model_fixtures import one_thread, square_frames, square_sample, tiny_config
 from sama_agent.model.configuration import SamaConfig
 from sama_agent.model.modeling.region_attributes import RegionAttributeHeads
 from sama_agent.model.modeling.sama import SamaModel
+from sama_agent.training.objectives import combined_loss
 
 MOTIONS = ["moves left", "moves right", "stays still"]
 ATTRIBUTES = {"motion": {"field": "motions", "index": 0, "values": MOTIONS},
@@ -228,3 +229,34 @@ def test_each_attribute_can_read_its_own_tokens():
     assert model.aggregator.region_shape[0].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match=r"region_attributes.motion.tokens \[3\] names a token past the 3"):
         SamaModel(attribute_config(aggregator_options=MOTION_TOKEN_OPTIONS, region_attributes={"motion": {**ATTRIBUTES["motion"], "tokens": [3]}}))
+
+
+def test_the_region_attribute_objective_trains_region_tokens_and_heads_without_the_llm():
+    torch.manual_seed(0)
+    model = SamaModel(attribute_config(aggregator_options=MOTION_TOKEN_OPTIONS)).train()
+    sample = labelled_square_sample()
+    loss, parts, output = combined_loss(model, sample, {"region_attributes": 1.0})
+    assert output is None and parts["labelled_regions"] == 6  # two turns show the square; without object ids both count
+    loss.backward()
+    assert model.aggregator.region_motion[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.llm.parameters()) and all(p.grad is None for p in model.sam2.parameters())
+
+    for meta in sample.meta["turn_meta"]:
+        meta["objects"] = [7]
+    assert model.region_attribute_loss(sample)[1] == 3  # with ids, each object once
+    frames, masks = square_frames()
+    sample.meta["objects"] = [{"colour": "red", "motions": ["moves right", "stays still"]}, {"colour": "blue", "motions": ["moves left"]}]
+    sample.meta["object_masks"] = np.stack([masks, masks[:, :, ::-1]])  # the dataset's object_masks win over the turns
+    assert model.region_attribute_loss(sample)[1] == 3 + 2
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    first = None
+    for _ in range(60):
+        loss, _ = model.region_attribute_loss(sample)
+        first = float(loss.detach()) if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(loss.detach()) < 0.2 * first, (first, float(loss.detach()))
+    with pytest.raises(ValueError, match="needs a model with region_attributes"):
+        SamaModel(tiny_config()).region_attribute_loss(sample)

@@ -93,6 +93,27 @@ def test_resize_and_turn_filter(source):
     assert all(t.region_masks.shape[1:] == (6, 32, 48) for t in sample.turns)
 
 
+def test_object_masks_hold_every_object_of_the_record_in_meta_order(data):
+    records = json.loads((data / "train.json").read_text())
+    masks = json.loads((data / "train_masks.json").read_text())
+    sample = SamaDataset(_config(data, object_masks=True, image_size=32)).sample(1)
+    objects = records[1]["meta"]["objects"]
+    assert sample.meta["object_masks"].shape == (len(objects), 6, 32, 32)
+    full = SamaDataset(_config(data, object_masks=True)).sample(1)
+    for volume, facts in zip(full.meta["object_masks"], objects):
+        for frame, position in zip(volume, full.frame_indices):
+            rle = masks[str(facts["mask_id"])][position]
+            assert np.array_equal(frame, decode_rle(rle) if rle else np.zeros((64, 64), bool))
+    assert "object_masks" not in SamaDataset(_config(data)).sample(1).meta  # only when asked
+
+    _edit_records(data, lambda records: records[1]["meta"]["objects"][0].update(mask_id=424242))
+    with pytest.raises(RecordError, match=r"train.json, record 1, field meta.objects: mask id\(s\) 424242"):
+        SamaDataset(_config(data, object_masks=True)).sample(1)
+    _edit_records(data, lambda records: records[2].pop("meta"))
+    with pytest.raises(RecordError, match="record 2, field meta.objects: object_masks needs"):
+        SamaDataset(_config(data, object_masks=True)).sample(2)
+
+
 def test_kinds_are_inferred_for_records_without_meta():
     record = {"conversation": [
         {"from": "human", "value": "What is <mask> doing?"}, {"from": "gpt", "value": "It runs."},

@@ -266,6 +266,23 @@ def test_curriculum_phases_train_chosen_parts_on_chosen_turns(world, tmp_path):
     assert model_holder["model"].phases == ["all"]
 
 
+def test_a_phase_can_draw_its_own_batch_size(world, tmp_path):
+    config = make_config(world, tmp_path / "wide", max_steps=3, phases=[{"name": "wide", "steps": 2, "batch_size": 5}, {"name": "rest"}])
+    seen = []
+
+    def build(config):
+        model = build_tiny(config)
+        forward = model.forward
+        model.forward = lambda sample: (model.training and seen.append((model.phases[-1], sample.video_id)), forward(sample))[1]
+        return model
+
+    train(config, build=build, progress=False)
+    assert [phase for phase, _ in seen] == ["wide"] * 10 + ["rest"] * 2  # 5 a step in the wide phase, then optim's 2 (evaluation not counted)
+    assert len({video for phase, video in seen[:5]}) == 5  # five different samples in one step
+    with pytest.raises(ConfigError, match="phase 'wide': batch_size must be a whole number >= 1"):
+        make_config(world, tmp_path / "bad", phases=[{"name": "wide", "batch_size": 0}])
+
+
 def test_invalid_records_are_counted_in_the_log_when_skipped(world, tmp_path):
     broken_world = tmp_path / "world"
     import shutil

@@ -86,7 +86,10 @@ class PhaseConfig:
     loss_weights: the model's loss weights in this phase, e.g. {"lm": 0.0}: handed to the model's
         `set_training_phase`, or else set as `model.config.<name>_loss_weight` (restored after the phase).
     objectives: what the phase optimises, name -> weight (training/objectives.py): "model" (the
-        model's own loss, the default) and "segmenter_prompts" (SAM2 from box / point prompts).
+        model's own loss, the default), "segmenter_prompts" (SAM2 from box / point prompts) and
+        "region_attributes" (the attribute heads on every labelled object, no LLM).
+    batch_size: samples per step on each process in this phase (null: optim.batch_size); a cheap
+        objective can see more samples per step.
     """
 
     name: str = "full"
@@ -99,9 +102,13 @@ class PhaseConfig:
     warmup_steps: int | None = None
     loss_weights: dict | None = None
     objectives: dict | None = None
+    batch_size: int | None = None
 
     def __post_init__(self):
         from .objectives import OBJECTIVES
+
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise ConfigError(f"phase '{self.name}': batch_size must be a whole number >= 1 (or null for optim.batch_size), got {self.batch_size!r}.")
 
         self.objectives = dict(self.objectives or {"model": 1.0})
         unknown = sorted(set(self.objectives) - set(OBJECTIVES))

@@ -55,6 +55,8 @@ class DatasetConfig:
     max_turns: keep at most this many turns per sample.
     check_frames: check at load time that every frame file exists.
     limit: use only the first N records (after validation).
+    object_masks: also load the mask of every object the record's meta lists (`meta.objects[i].mask_id`,
+        as the world writes) into sample.meta["object_masks"] (objects, T, H, W), in the meta's order.
     """
 
     root: str
@@ -68,6 +70,7 @@ class DatasetConfig:
     max_turns: int | None = None
     check_frames: bool = True
     limit: int | None = None
+    object_masks: bool = False
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "data") -> "DatasetConfig":
@@ -246,6 +249,7 @@ class SamaDataset:
             answer = conversation[2 * t + 1]["value"] if 2 * t + 1 < len(conversation) else ""
             turns.append(Turn(human["value"], answer, _stack(regions, empty), _stack(segs, empty),
                               None if human.get("question_id") is None else str(human["question_id"])))
+        object_masks = self._object_masks(entry, volume, empty, where) if self.config.object_masks else None
         frames, turns = self._resize(frames, turns)
         meta = {
             "file": entry.file, "record_index": entry.index, "video": record["video"], "height": height, "width": width,
@@ -258,7 +262,27 @@ class SamaDataset:
                 meta["turn_meta"] = [extra["turns"][t] for t in entry.turns]
         if "description" in record:
             meta["description"] = record["description"]
+        if object_masks is not None:
+            meta["object_masks"] = self._resize_objects(object_masks)
         return ConversationSample(Path(record["video"]).name, frames, positions, turns, meta)
+
+    @staticmethod
+    def _object_masks(entry: _Entry, volume, empty: np.ndarray, where: str) -> np.ndarray:
+        objects = (entry.record.get("meta") or {}).get("objects")
+        if not isinstance(objects, list) or not all(isinstance(o, dict) and "mask_id" in o for o in objects):
+            raise RecordError(f"{where}, field meta.objects: object_masks needs a list of objects with a mask_id each "
+                              "(as the world generator writes); turn object_masks off for data without it.")
+        missing = [str(o["mask_id"]) for o in objects if str(o["mask_id"]) not in entry.masks]
+        if missing:
+            raise RecordError(f"{where}, field meta.objects: mask id(s) {', '.join(missing)} are not in the mask dict.")
+        return _stack([volume(o["mask_id"]) for o in objects], empty)
+
+    def _resize_objects(self, masks: np.ndarray) -> np.ndarray:
+        size = self.config.image_size
+        if size is None:
+            return masks
+        height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        return masks if masks.shape[-2:] == (height, width) else _resize_masks(masks, height, width)
 
     def _positions(self, count: int, epoch: int, entry: _Entry) -> list[int]:
         wanted = self.config.num_frames

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..conversation import ConversationSample
 
-OBJECTIVES = ("model", "segmenter_prompts")
+OBJECTIVES = ("model", "segmenter_prompts", "region_attributes")
 PROMPTS_PER_SAMPLE = 4
 BOX_JITTER = 0.1  # share of the box size each side may move
 
@@ -75,6 +75,15 @@ def segmenter_prompt_objective(model: nn.Module, sample: ConversationSample, cou
     return loss, {"prompt_bce_loss": float(bce.detach()), "prompt_dice_loss": float(dice.detach())}, None
 
 
+def region_attribute_objective(model: nn.Module, sample: ConversationSample):
+    if not hasattr(model, "region_attribute_loss"):
+        raise ValueError("the region_attributes objective needs a model with region_attribute_loss(sample) (SamaModel with region_attributes).")
+    loss, count = model.region_attribute_loss(sample)
+    if not count:
+        return None, {}, None
+    return loss, {"region_attribute_loss": float(loss.detach()), "labelled_regions": count}, None
+
+
 def combined_loss(model: nn.Module, sample: ConversationSample, weights: dict[str, float]):
     """(weighted loss or None, parts, the model's output if the model objective ran)."""
     total, parts, output = None, {}, None
@@ -85,6 +94,8 @@ def combined_loss(model: nn.Module, sample: ConversationSample, weights: dict[st
             loss, extra, output = model_objective(model, sample)
         elif name == "segmenter_prompts":
             loss, extra, _ = segmenter_prompt_objective(model, sample)
+        elif name == "region_attributes":
+            loss, extra, _ = region_attribute_objective(model, sample)
         else:
             raise ValueError(f"unknown objective '{name}'; known: {', '.join(OBJECTIVES)}")
         parts.update(extra or {})

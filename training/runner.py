@@ -3,9 +3,10 @@
     sama-agent train --config training/configs/sama-tiny.json [--resume] [--max-steps N] [--out DIR]
     torchrun --nproc_per_node 2 -m sama_agent.training --config ...      # data parallel on CPU (gloo)
 
-One step: every process draws `batch_size` samples of the step's global batch,
-computes the phase's objectives on each (training/objectives.py: the model's own
-loss and/or SAM2 box/point-prompt pretraining) and accumulates gradients; the
+One step: every process draws `batch_size` samples (the phase's, else optim's) of
+the step's global batch, computes the phase's objectives on each
+(training/objectives.py: the model's own loss, SAM2 box/point-prompt pretraining,
+the attribute heads alone) and accumulates gradients; the
 processes average their gradients (one all-reduce), clip, and take an AdamW
 step with warm-up + cosine learning rate (restarted per curriculum phase). The
 step's samples depend only on (seed, phase, step), never on what ran before,
@@ -608,13 +609,14 @@ def train(config: TrainConfig, *, resume: bool = False, max_steps: int | None = 
             lr = learning_rate(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            batch_size = phase.batch_size or config.optim.batch_size
             epoch, indices = step_samples(len(dataset), phase_index, step - bounds[phase_index][0],
-                                          config.optim.batch_size, world_size, rank, config.seed)
+                                          batch_size, world_size, rank, config.seed)
             loss_sum, parts_sum = 0.0, {}
             for index in indices:
                 loss, parts, output = combined_loss(model, dataset.sample(index, epoch), phase.objectives)
                 if loss is not None and loss.requires_grad:
-                    (loss / config.optim.batch_size).backward()
+                    (loss / batch_size).backward()
                 loss_sum += float(loss.detach()) if loss is not None else 0.0
                 for key, value in {**(loss_parts(output) if output is not None else {}), **parts}.items():
                     parts_sum[key] = parts_sum.get(key, 0.0) + value

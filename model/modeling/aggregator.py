@@ -15,7 +15,8 @@
 4. Region tokens: a region's feature is pooled over *every* frame where it is
    visible (weights = its mask on the patch grid; deterministic), plus a shape
    feature from its normalised box and a small canonical crop of its mask
-   (and, with `region_cues=True`, its pixel colour and path, region_cues.py).
+   (and, with `region_cues=True`, its pixel colour and path, region_cues.py;
+   `cue_path="box"` keeps the path true while the frame's border cuts the region).
    With `region_motion`, the path's steps go through their own MLP: added to
    the feature token ("feature", or true), or as a third token of their own
    ("token") -> (R, region_token_count, D), placed between `<vp>` and `</vp>`.
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .region_cues import CUE_DIM, MOTION_DIM, motion_features
+from .region_cues import CUE_DIM, MOTION_DIM, PATHS, motion_features
 
 
 class CrossBlock(nn.Module):
@@ -78,7 +79,7 @@ class SpatioTemporalQFormer(nn.Module):
                  temporal_queries: int = 16, spatial_layers: int = 1, temporal_layers: int = 2,
                  context_layers: int = 1, window: int = 16, grid: tuple[int, int] | list | None = None,
                  shape_size: int = 16, max_frames: int = 256, region_cues: bool = False,
-                 region_motion: bool | str = False):
+                 region_motion: bool | str = False, cue_path: str = "centroid"):
         super().__init__()
         if dim % heads:
             raise ValueError(f"st-qformer: dim {dim} must be divisible by heads {heads}")
@@ -97,6 +98,9 @@ class SpatioTemporalQFormer(nn.Module):
         self.context_out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, out_dim))
         self.region_feature = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, dim), nn.GELU(), nn.Linear(dim, out_dim))
         self.region_cues = bool(region_cues)
+        if cue_path not in PATHS:
+            raise ValueError(f"st-qformer: cue_path must be one of {', '.join(PATHS)}, got {cue_path!r}")
+        self.cue_path = cue_path  # how SamaModel computes the cues' path (region_cues.py)
         # box, (area, visible fraction), canonical mask crop [, colour and path cues (region_cues.py)]
         shape_inputs = 4 + 2 + shape_size * shape_size + (CUE_DIM if self.region_cues else 0)
         self.region_shape = nn.Sequential(nn.Linear(shape_inputs, dim), nn.GELU(), nn.Linear(dim, out_dim))

@@ -8,8 +8,14 @@ from the frames and the masks:
 - colour: mean and standard deviation of RGB under the mask, over every
   frame where the region shows (6 values);
 - path: the region sampled at `PATH_SLOTS` evenly spaced context frames -
-  centroid x and y relative to where it first shows, area, and whether it
+  centre x and y relative to where it first shows, area, and whether it
   shows (4 values per slot), plus where it first shows (2 values).
+
+The centre is the mask's centroid (`path="centroid"`) or, with `path="box"`,
+the centroid except where the frame's border cuts the region: there the
+centroid of the visible part lags behind the object, so the centre is put
+half the region's full width (or height) in from its edge inside the frame.
+The full size is the largest extent the region has while clear of the border.
 
 The aggregator's region shape token reads them (st-qformer `region_cues=True`).
 """
@@ -22,8 +28,13 @@ PATH_START = 6 + 2  # the path follows the colour (6) and where the region first
 CUE_DIM = PATH_START + 4 * PATH_SLOTS
 
 
-def region_cues(masks: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+PATHS = ("centroid", "box")
+
+
+def region_cues(masks: torch.Tensor, pixels: torch.Tensor, path: str = "centroid") -> torch.Tensor:
     """masks (R, T, H, W) in [0, 1]; pixels (T, 3, H, W) in [0, 1] -> (R, CUE_DIM)."""
+    if path not in PATHS:
+        raise ValueError(f"region cues: path must be one of {', '.join(PATHS)}, got {path!r}")
     regions, frames, height, width = masks.shape
     if pixels.shape[0] != frames or tuple(pixels.shape[-2:]) != (height, width):
         raise ValueError(f"region cues: masks {tuple(masks.shape)} and pixels {tuple(pixels.shape)} must cover the same frames and size")
@@ -42,6 +53,9 @@ def region_cues(masks: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
     shown = (area > 0).to(pixels.dtype)
     cx = torch.einsum("rthw,w->rt", masks, xs) / area.clamp_min(1.0)
     cy = torch.einsum("rthw,h->rt", masks, ys) / area.clamp_min(1.0)
+    if path == "box":
+        cx = _clear_of_border(cx, masks.amax(dim=2), shown)
+        cy = _clear_of_border(cy, masks.amax(dim=3), shown)
     slots = torch.linspace(0, frames - 1, PATH_SLOTS, device=pixels.device).round().long()
     first = torch.where(shown.any(dim=1), shown.argmax(dim=1), torch.zeros(regions, dtype=torch.long, device=pixels.device))
     rows = torch.arange(regions, device=pixels.device)
@@ -51,8 +65,29 @@ def region_cues(masks: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
     path_y = torch.where(shown[:, slots] > 0, cy[:, slots] - start_y[:, None], torch.zeros_like(cy[:, slots]))
     relative_area = area[:, slots] / (height * width)
     # offsets are a few hundredths of the frame per step: scale them to unit-ish size for the MLP
-    path = torch.stack([path_x * 4, path_y * 4, relative_area * 10, shown[:, slots]], dim=2).flatten(1)
-    return torch.cat([mean, std, start_x[:, None], start_y[:, None], path], dim=1)
+    track = torch.stack([path_x * 4, path_y * 4, relative_area * 10, shown[:, slots]], dim=2).flatten(1)
+    return torch.cat([mean, std, start_x[:, None], start_y[:, None], track], dim=1)
+
+
+def _clear_of_border(centre: torch.Tensor, profile: torch.Tensor, shown: torch.Tensor) -> torch.Tensor:
+    """centre (R, T) along one axis, as a fraction of the frame; profile (R, T, L) the mask's extent
+    along that axis -> the centre, moved where the region touches one end of the axis to half its
+    full length in from its inner edge."""
+    length = profile.shape[-1]
+    inside = profile > 0.5
+    positions = torch.arange(length, device=profile.device)
+    low = torch.where(inside, positions, length).amin(dim=-1)  # (R, T) first covered cell
+    high = torch.where(inside, positions + 1, 0).amax(dim=-1)  # one past the last
+    extent = (high - low).clamp_min(0).to(centre.dtype)
+    at_low, at_high = (low == 0) & inside.any(-1), (high == length) & inside.any(-1)
+    clear = (shown > 0) & ~at_low & ~at_high
+    # the full length: the largest extent while clear of the border (else while shown at all)
+    full = torch.where(clear, extent, 0).amax(dim=1)
+    full = torch.where(clear.any(dim=1), full, torch.where(shown > 0, extent, 0).amax(dim=1))[:, None]
+    from_high = (high.to(centre.dtype) - full / 2) / length
+    from_low = (low.to(centre.dtype) + full / 2) / length
+    moved = torch.where(at_low & ~at_high, from_high, torch.where(at_high & ~at_low, from_low, centre))
+    return torch.where(shown > 0, moved, centre)
 
 
 MOTION_DIM = 2 * (PATH_SLOTS - 1) + 6

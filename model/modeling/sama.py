@@ -265,7 +265,7 @@ class SamaModel(nn.Module):
         grid_masks, boxes, shapes = region_geometry(masks, _grid(self.encoder, video.patch_tokens.shape[1]),
                                                     getattr(self.aggregator, "shape_size", 16))
         if getattr(self.aggregator, "region_cues", False):
-            cues = region_cues(masks, self._cue_pixels(video, masks.shape[-2:]))
+            cues = region_cues(masks, self._cue_pixels(video, masks.shape[-2:]), getattr(self.aggregator, "cue_path", "centroid"))
             tokens = self.aggregator.region_tokens(video.patch_tokens, grid_masks, boxes, shape_masks=shapes, cues=cues)
         elif _accepts(self.aggregator.region_tokens, "shape_masks"):
             tokens = self.aggregator.region_tokens(video.patch_tokens, grid_masks, boxes, shape_masks=shapes)
@@ -530,6 +530,50 @@ class SamaModel(nn.Module):
         return {"embeds": embeds, "labels": labels, "seg_positions": seg_positions, "video": video, "seg_targets": seg_targets,
                 "frames": frames, "context_positions": context_positions, "segs_per_turn": segs_per_turn, "all_targets": targets,
                 "attribute_tokens": attribute_tokens, "attribute_labels": attribute_labels}
+
+    def region_attribute_loss(self, sample: ConversationSample) -> tuple[torch.Tensor, int]:
+        """The attribute heads' loss on the sample's labelled objects; no LLM and no SAM2 run.
+        -> (mean loss per head and object, head-object pairs).
+
+        The objects: every one in sample.meta["object_masks"] (the dataset's `object_masks`), labelled
+        by its meta entry; else each turn's single region or single-object grounding target, labelled
+        by the turn's meta, each object once. Answers name a region once per conversation; this lets a
+        curriculum phase train the region tokens and heads on many objects per step, cheaply."""
+        if self.region_heads is None:
+            raise ValueError("region_attribute_loss needs a model with region_attributes in its config.")
+        volumes, labels = self._labelled_objects(sample)
+        if not volumes:
+            return self.device_zero(), 0
+        frames = np.asarray(sample.frames)
+        context_positions, key_positions = self.frame_positions(len(frames))
+        video = self.encode_video(frames[context_positions], key_positions, with_sam2=False)
+        tokens = self.region_tokens(video, np.stack(volumes)[:, context_positions])[:, : self.aggregator_token_count]
+        return self.region_heads.loss(list(tokens), labels)
+
+    def _labelled_objects(self, sample: ConversationSample) -> tuple[list[np.ndarray], list[dict[str, int]]]:
+        volumes, labels = [], []
+        object_masks = sample.meta.get("object_masks")
+        if object_masks is not None:
+            for volume, facts in zip(object_masks, sample.meta.get("objects") or []):
+                found = self.region_heads.labels(facts)
+                if found and volume.any():
+                    volumes.append(np.asarray(volume, dtype=bool))
+                    labels.append(found)
+            return volumes, labels
+        seen = set()
+        for turn, meta in zip(sample.turns, sample.meta.get("turn_meta") or [None] * len(sample.turns)):
+            if not isinstance(meta, dict):
+                continue
+            masks = turn.region_masks if len(turn.region_masks) else turn.seg_masks
+            objects = tuple(meta.get("objects") or ())
+            found = self.region_heads.labels(meta.get("expect"))
+            # one mask of one object (a grounding target may join several objects in one mask)
+            if len(masks) != 1 or len(objects) > 1 or not found or (objects and objects in seen):
+                continue
+            seen.add(objects)
+            volumes.append(np.asarray(masks[0], dtype=bool))
+            labels.append(found)
+        return volumes, labels
 
     def _attribute_targets(self, sample: ConversationSample, pieces: Sequence[PromptPiece]) -> tuple[list, list]:
         """The region tokens of each single-region question whose turn meta labels an attribute, and the labels."""
