@@ -248,6 +248,8 @@ def test_the_region_attribute_objective_trains_region_tokens_and_heads_without_t
     sample.meta["objects"] = [{"colour": "red", "motions": ["moves right", "stays still"]}, {"colour": "blue", "motions": ["moves left"]}]
     sample.meta["object_masks"] = np.stack([masks, masks[:, :, ::-1]])  # the dataset's object_masks win over the turns
     assert model.region_attribute_loss(sample)[1] == 3 + 2
+    output = model(sample)  # the model objective's encoded clip is reused: the same loss without encoding twice
+    assert torch.allclose(model.region_attribute_loss(sample, video=output.videos[0])[0], model.region_attribute_loss(sample)[0])
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     first = None

@@ -75,10 +75,16 @@ def segmenter_prompt_objective(model: nn.Module, sample: ConversationSample, cou
     return loss, {"prompt_bce_loss": float(bce.detach()), "prompt_dice_loss": float(dice.detach())}, None
 
 
-def region_attribute_objective(model: nn.Module, sample: ConversationSample):
+def region_attribute_objective(model: nn.Module, sample: ConversationSample, model_output=None):
+    """`model_output`: this sample's output of the model objective; its encoded video is reused (the
+    encoder is deterministic, so the loss is the same and the step does not encode the clip twice)."""
     if not hasattr(model, "region_attribute_loss"):
         raise ValueError("the region_attributes objective needs a model with region_attribute_loss(sample) (SamaModel with region_attributes).")
-    loss, count = model.region_attribute_loss(sample)
+    videos = getattr(model_output, "videos", None)
+    if videos:
+        loss, count = model.region_attribute_loss(sample, video=videos[0])
+    else:
+        loss, count = model.region_attribute_loss(sample)
     if not count:
         return None, {}, None
     return loss, {"region_attribute_loss": float(loss.detach()), "labelled_regions": count}, None
@@ -87,7 +93,7 @@ def region_attribute_objective(model: nn.Module, sample: ConversationSample):
 def combined_loss(model: nn.Module, sample: ConversationSample, weights: dict[str, float]):
     """(weighted loss or None, parts, the model's output if the model objective ran)."""
     total, parts, output = None, {}, None
-    for name, weight in weights.items():
+    for name, weight in sorted(weights.items(), key=lambda item: item[0] != "model"):  # the model first: others reuse its output
         if not weight:
             continue
         if name == "model":
@@ -95,7 +101,7 @@ def combined_loss(model: nn.Module, sample: ConversationSample, weights: dict[st
         elif name == "segmenter_prompts":
             loss, extra, _ = segmenter_prompt_objective(model, sample)
         elif name == "region_attributes":
-            loss, extra, _ = region_attribute_objective(model, sample)
+            loss, extra, _ = region_attribute_objective(model, sample, output)
         else:
             raise ValueError(f"unknown objective '{name}'; known: {', '.join(OBJECTIVES)}")
         parts.update(extra or {})

@@ -68,6 +68,7 @@ class SamaOutput:
     pred_masks: list | None = None  # eval mode: per turn (S, T, h, w) logits (a list of those per sample for a batch)
     where_loss: torch.Tensor | None = None  # the grounding head's where-map loss, when it has one
     attribute_loss: torch.Tensor | None = None  # the region attribute heads' loss, when the model has them
+    videos: list | None = None  # per sample, the VideoContext the loss was computed from (for other objectives to reuse)
 
     def log_dict(self) -> dict[str, float]:
         values = {"loss": float(self.loss.detach()), "lm_loss": float(self.lm_loss), "bce_loss": float(self.bce_loss),
@@ -445,7 +446,7 @@ class SamaModel(nn.Module):
             loss = loss + attribute_weight * attribute
             attribute = attribute.detach()
         output = SamaOutput(loss, lm_loss.detach(), bce_loss.detach(), dice_loss.detach(), answer_tokens, masks_total, key_frame_logits,
-                            where_loss=where, attribute_loss=attribute)
+                            where_loss=where, attribute_loss=attribute, videos=[item["video"] for item in prepared])
         if pred_masks:
             output.pred_masks = pred_masks[0] if len(samples) == 1 else pred_masks
         return output
@@ -531,14 +532,15 @@ class SamaModel(nn.Module):
                 "frames": frames, "context_positions": context_positions, "segs_per_turn": segs_per_turn, "all_targets": targets,
                 "attribute_tokens": attribute_tokens, "attribute_labels": attribute_labels}
 
-    def region_attribute_loss(self, sample: ConversationSample) -> tuple[torch.Tensor, int]:
+    def region_attribute_loss(self, sample: ConversationSample, video: VideoContext | None = None) -> tuple[torch.Tensor, int]:
         """The attribute heads' loss on the sample's labelled objects; no LLM and no SAM2 run.
         -> (mean loss per head and object, head-object pairs).
 
         The objects: every one in sample.meta["object_masks"] (the dataset's `object_masks`), labelled
         by its meta entry; else each turn's single region or single-object grounding target, labelled
         by the turn's meta, each object once. Answers name a region once per conversation; this lets a
-        curriculum phase train the region tokens and heads on many objects per step, cheaply."""
+        curriculum phase train the region tokens and heads on many objects per step, cheaply.
+        `video`: the sample's context frames already encoded (e.g. by this step's forward), reused."""
         if self.region_heads is None:
             raise ValueError("region_attribute_loss needs a model with region_attributes in its config.")
         volumes, labels = self._labelled_objects(sample)
@@ -546,7 +548,8 @@ class SamaModel(nn.Module):
             return self.device_zero(), 0
         frames = np.asarray(sample.frames)
         context_positions, key_positions = self.frame_positions(len(frames))
-        video = self.encode_video(frames[context_positions], key_positions, with_sam2=False)
+        if video is None:
+            video = self.encode_video(frames[context_positions], key_positions, with_sam2=False)
         tokens = self.region_tokens(video, np.stack(volumes)[:, context_positions])[:, : self.aggregator_token_count]
         return self.region_heads.loss(list(tokens), labels)
 
