@@ -236,7 +236,8 @@ def test_the_region_attribute_objective_trains_region_tokens_and_heads_without_t
     model = SamaModel(attribute_config(aggregator_options=MOTION_TOKEN_OPTIONS)).train()
     sample = labelled_square_sample()
     loss, parts, output = combined_loss(model, sample, {"region_attributes": 1.0})
-    assert output is None and parts["labelled_regions"] == 6  # two turns show the square; without object ids both count
+    # (object, attribute) labels: two turns show the square, each labels 3 attributes; without object ids both count
+    assert output is None and parts["attribute_labels"] == 6
     loss.backward()
     assert model.aggregator.region_motion[0].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.llm.parameters()) and all(p.grad is None for p in model.sam2.parameters())

@@ -250,7 +250,7 @@ class SamaDataset:
             turns.append(Turn(human["value"], answer, _stack(regions, empty), _stack(segs, empty),
                               None if human.get("question_id") is None else str(human["question_id"])))
         object_masks = self._object_masks(entry, volume, empty, where) if self.config.object_masks else None
-        frames, turns = self._resize(frames, turns)
+        frames, turns, object_masks = self._resize(frames, turns, object_masks)
         meta = {
             "file": entry.file, "record_index": entry.index, "video": record["video"], "height": height, "width": width,
             "turn_kinds": [entry.kinds[t] for t in entry.turns], "turn_indices": list(entry.turns),
@@ -263,7 +263,7 @@ class SamaDataset:
         if "description" in record:
             meta["description"] = record["description"]
         if object_masks is not None:
-            meta["object_masks"] = self._resize_objects(object_masks)
+            meta["object_masks"] = object_masks
         return ConversationSample(Path(record["video"]).name, frames, positions, turns, meta)
 
     @staticmethod
@@ -276,13 +276,6 @@ class SamaDataset:
         if missing:
             raise RecordError(f"{where}, field meta.objects: mask id(s) {', '.join(missing)} are not in the mask dict.")
         return _stack([volume(o["mask_id"]) for o in objects], empty)
-
-    def _resize_objects(self, masks: np.ndarray) -> np.ndarray:
-        size = self.config.image_size
-        if size is None:
-            return masks
-        height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        return masks if masks.shape[-2:] == (height, width) else _resize_masks(masks, height, width)
 
     def _positions(self, count: int, epoch: int, entry: _Entry) -> list[int]:
         wanted = self.config.num_frames
@@ -324,18 +317,21 @@ class SamaDataset:
                 raise RecordError(f"{where}: the RLE does not decode ({exc}).") from None
         return out
 
-    def _resize(self, frames: np.ndarray, turns: list[Turn]) -> tuple[np.ndarray, list[Turn]]:
+    def _resize(self, frames: np.ndarray, turns: list[Turn], object_masks: np.ndarray | None = None):
+        """-> (frames, turns, object_masks) at `image_size`."""
         size = self.config.image_size
         if size is None:
-            return frames, turns
+            return frames, turns, object_masks
         height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         if frames.shape[1:3] == (height, width):
-            return frames, turns
+            return frames, turns, object_masks
         frames = np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in frames])
         for turn in turns:
             turn.region_masks = _resize_masks(turn.region_masks, height, width)
             turn.seg_masks = _resize_masks(turn.seg_masks, height, width)
-        return frames, turns
+        if object_masks is not None:
+            object_masks = _resize_masks(object_masks, height, width)
+        return frames, turns, object_masks
 
 
 # ---- turn kinds ---------------------------------------------------------------------

@@ -81,13 +81,10 @@ def region_attribute_objective(model: nn.Module, sample: ConversationSample, mod
     if not hasattr(model, "region_attribute_loss"):
         raise ValueError("the region_attributes objective needs a model with region_attribute_loss(sample) (SamaModel with region_attributes).")
     videos = getattr(model_output, "videos", None)
-    if videos:
-        loss, count = model.region_attribute_loss(sample, video=videos[0])
-    else:
-        loss, count = model.region_attribute_loss(sample)
+    loss, count = model.region_attribute_loss(sample, video=videos[0] if videos else None)
     if not count:
         return None, {}, None
-    return loss, {"region_attribute_loss": float(loss.detach()), "labelled_regions": count}, None
+    return loss, {"region_attribute_loss": float(loss.detach()), "attribute_labels": count}, None
 
 
 def combined_loss(model: nn.Module, sample: ConversationSample, weights: dict[str, float]):
