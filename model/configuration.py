@@ -98,8 +98,9 @@ class SamaConfig:
     # overrides it. [2] with a motion token keeps the heads' gradient out of the feature and shape tokens.
     region_attribute_tokens: list | None = None
     # Word tokens: each attribute head's softmax over its values, as the mean input embedding of each
-    # value's words, follows the region's own tokens (one token per attribute; region_attributes.py).
-    region_word_tokens: bool = False
+    # value's words, follows the region's own tokens (true: one token per attribute; region_attributes.py),
+    # or "text": each head's most likely value, written out as its words (ordinary text tokens).
+    region_word_tokens: bool | str = False
     mask_points: int = 1024  # point-sampled mask loss: points per mask
     mask_oversample: float = 3.0
     mask_importance: float = 0.75
@@ -141,8 +142,8 @@ class SamaConfig:
         tokens = self.region_attribute_tokens
         if tokens is not None and not _token_indices(tokens):
             problems.append(f"'region_attribute_tokens' must be null or a list of distinct token indices (0, 1, ...), got {tokens!r}")
-        if not isinstance(self.region_word_tokens, bool):
-            problems.append(f"'region_word_tokens' must be true or false, got {self.region_word_tokens!r}")
+        if not isinstance(self.region_word_tokens, bool) and self.region_word_tokens != "text":
+            problems.append(f"'region_word_tokens' must be true, false or \"text\", got {self.region_word_tokens!r}")
         elif self.region_word_tokens and not self.region_attributes:
             problems.append("'region_word_tokens' needs 'region_attributes': the word tokens are the attribute heads' predictions")
         if problems:

@@ -49,7 +49,8 @@ class Aggregator(Protocol):
         that gives more tokens per region says so in an optional
         `region_token_count` attribute (the st-qformer's motion token makes 3).
         A model with `region_word_tokens` appends one token per attribute head
-        after them; the aggregator does not make those.
+        after them (with "text", the heads' chosen values as ordinary word
+        tokens); the aggregator does not make those.
     """
 
     name: str

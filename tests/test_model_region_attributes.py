@@ -199,10 +199,39 @@ def test_word_tokens_are_the_heads_predictions_as_word_embeddings(tmp_path):
     assert torch.allclose(loaded.region_tokens(video, region), model.region_tokens(video, region), atol=1e-6)
 
 
+def test_text_words_write_each_heads_value_into_the_prompt(tmp_path):
+    torch.manual_seed(0)
+    model = SamaModel(attribute_config(region_word_tokens="text")).train()
+    assert model.region_token_count == model.aggregator_token_count == 2
+    sample = labelled_square_sample()
+    video = model.encode_video(sample.frames[:4], [0, 3], with_sam2=False)
+    assert model.region_tokens(video, sample.turns[1].region_masks[:, :4]).shape == (1, 2, model.llm.hidden_size)
+    with torch.no_grad():  # heads made certain: blue, moves right, then moves left
+        model.region_heads.heads["colour"].bias.copy_(torch.tensor([0.0, 1e4]))
+        model.region_heads.heads["motion"].bias.copy_(torch.tensor([0.0, 1e4, 0.0]))
+        model.region_heads.heads["then"].bias.copy_(torch.tensor([1e4, 0.0, 0.0]))
+    ids = model.conversation_pieces(video, sample, [0, 1, 2, 3])[3].ids
+    opened, closed = ids.index(model.llm.ids["<vp>"]), ids.index(model.llm.ids["</vp>"])
+    assert ids[opened + 1 : opened + 3] == [model.llm.ids["<reg>"]] * 2
+    assert ids[opened + 3 : closed] == model.llm.encode_text("blue moves right moves left")  # name order: colour, motion, then
+    # the words are what the heads chose, so only the attribute loss trains the heads, never the LLM's loss
+    model.set_training_phase({"loss_weights": {"lm": 1, "bce": 0, "dice": 0, "where": 0, "attribute": 0}})
+    model.zero_grad()
+    model(sample).loss.backward()
+    assert model.region_heads.heads["then"].weight.grad is None or model.region_heads.heads["then"].weight.grad.abs().sum() == 0
+    model.set_training_phase({"loss_weights": {"lm": 1, "bce": 0, "dice": 0, "where": 0, "attribute": 1}})
+    model.zero_grad()
+    model(sample).loss.backward()
+    assert model.region_heads.heads["then"].weight.grad.abs().sum() > 0
+    model.eval().save_pretrained(tmp_path / "m")
+    loaded = SamaModel.from_pretrained(tmp_path / "m").eval()
+    assert loaded.conversation_pieces(video, sample, [0, 1, 2, 3])[3].ids == ids
+
+
 def test_word_tokens_need_heads_and_readable_values():
     with pytest.raises(ValueError, match="region_word_tokens' needs 'region_attributes'"):
         SamaConfig(region_word_tokens=True)
-    with pytest.raises(ValueError, match="region_word_tokens' must be true or false"):
+    with pytest.raises(ValueError, match="region_word_tokens' must be true, false or \"text\""):
         SamaConfig(region_attributes=ATTRIBUTES, region_word_tokens="yes")
     unreadable = {"colour": {"field": "colour", "values": ["red", ""]}}
     with pytest.raises(ValueError, match=r"region_attributes.colour: the LLM's tokenizer makes no tokens of \[''\]"):

@@ -25,6 +25,14 @@ token per attribute after the region's own tokens. The LLM's embeddings are
 tied to its output, so naming what a region is becomes copying words that are
 already in the prompt, one attribute per token, which recombines to unseen
 colour-shape-motion triples as the attributes themselves do.
+
+With `region_word_tokens: "text"` each head's most likely value is written
+into the region as its words instead (`SamaModel.region_words`): `<vp>`, the
+aggregator's tokens, "red moves left ring nothing ...", `</vp>`. A mixture
+of embeddings leaves values that share most of their words ("moves to the
+upper right" / "... lower right") nearly the same token; words are exact, and
+copying them is what a small LLM learns first. The LLM's loss then no longer
+reaches the heads, so only their own cross-entropy trains them.
 """
 from __future__ import annotations
 

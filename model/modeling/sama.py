@@ -129,13 +129,15 @@ class SamaModel(nn.Module):
             head_options.setdefault("feature_dim", self.sam2.where_channels)
         self.seg_head = GroundingHead(hidden, prompt_dim=self.sam2.prompt_dim, **head_options)
         # a region is the aggregator's `region_token_count` tokens (2 by the protocol, 3 with a motion token),
-        # then one word token per attribute with `region_word_tokens`, all between <vp> and </vp>
+        # then one word token per attribute with `region_word_tokens`, or with "text" the heads' values as
+        # words, all between <vp> and </vp>
         self.aggregator_token_count = int(getattr(self.aggregator, "region_token_count", 2))
         self.region_heads = (RegionAttributeHeads(hidden, config.region_attributes, self.aggregator_token_count,
                                                   config.region_attribute_tokens) if config.region_attributes else None)
+        self.text_words = config.region_word_tokens == "text"
         self.value_ids = self._attribute_value_ids() if config.region_word_tokens else {}
-        self.region_token_count = self.aggregator_token_count + len(self.value_ids)
-        if self.value_ids:
+        self.region_token_count = self.aggregator_token_count + (0 if self.text_words else len(self.value_ids))
+        if self.value_ids and not self.text_words:
             self._register_word_table()
         self._check_llm_tokens()
         self._apply_freeze()
@@ -276,10 +278,21 @@ class SamaModel(nn.Module):
         if tuple(tokens.shape) != expected:
             raise ValueError(f"aggregator '{self.config.aggregator}' gave region tokens {tuple(tokens.shape)}, expected {expected}: "
                              "an aggregator with other than 2 tokens per region must say so in `region_token_count`.")
-        if not self.value_ids:
+        if not self.value_ids or self.text_words:
             return tokens
         words = self.region_heads.word_tokens(tokens, self.value_embeddings())
         return torch.cat([tokens, words.to(tokens.dtype)], dim=1)
+
+    def region_words(self, tokens: torch.Tensor) -> list[list[int]]:
+        """(R, aggregator_token_count, D) region tokens -> per region, the token ids of each head's most
+        likely value, attributes in name order ("text" word tokens; empty lists without them). Written
+        out as words, naming a region is copying tokens from the prompt, which even a small LLM learns
+        exactly; a mixture of embeddings it had to tell apart, and near-synonymous values blurred."""
+        if not self.text_words:
+            return [[] for _ in range(tokens.shape[0])]
+        with torch.no_grad():
+            chosen = {name: logits.argmax(dim=-1).tolist() for name, logits in self.region_heads.logits(tokens).items()}
+        return [[token for name, ids in self.value_ids.items() for token in ids[chosen[name][row]]] for row in range(tokens.shape[0])]
 
     @staticmethod
     def _cue_pixels(video: VideoContext, size) -> torch.Tensor:
@@ -304,11 +317,12 @@ class SamaModel(nn.Module):
         regions = self.region_tokens(video, region_masks)
         if len(chunks) - 1 != regions.shape[0]:
             raise ValueError(f"the question has {len(chunks) - 1} {PLACEHOLDER} placeholder(s) but {regions.shape[0]} region(s) were given: {question!r}")
+        words = self.region_words(regions[:, : self.aggregator_token_count])
         question_ids: list[int] = []
         for index, chunk in enumerate(chunks):
             question_ids += llm.encode_text(chunk)
             if index < len(chunks) - 1:
-                question_ids += [llm.ids[VP_OPEN]] + [llm.ids[REG]] * regions.shape[1] + [llm.ids[VP_CLOSE]]
+                question_ids += [llm.ids[VP_OPEN]] + [llm.ids[REG]] * regions.shape[1] + words[index] + [llm.ids[VP_CLOSE]]
         question_embeds = _fill(llm.embed(torch.tensor(question_ids, device=self.device)), question_ids, llm.ids[REG], regions.reshape(-1, regions.shape[-1]))
         context = self.aggregator.context_tokens(video.patch_tokens, question_embeds, regions if regions.shape[0] else None)
         lead = llm.encode_text(("" if first_turn else fmt.between) + fmt.user)
