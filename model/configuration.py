@@ -46,6 +46,23 @@ def check_attributes(attributes: Mapping) -> list[str]:
     return problems
 
 
+def _check_cell_motion(spec) -> list[str]:
+    if spec == {}:
+        return []
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("field"), str):
+        return ["'cell_motion' must be {} or a JSON object with a 'field' naming an object's motion fact, 'values' and optional 'dim'"]
+    problems = []
+    values = spec.get("values")
+    if not isinstance(values, list) or len(values) < 2 or not all(isinstance(v, str) for v in values):
+        problems.append("'cell_motion.values' must list at least two strings")
+    if "dim" in spec and not (type(spec["dim"]) is int and spec["dim"] > 0):
+        problems.append(f"'cell_motion.dim' must be a positive integer, got {spec['dim']!r}")
+    unknown = sorted(set(spec) - {"field", "values", "dim"})
+    if unknown:
+        problems.append(f"'cell_motion' has unknown key(s) {', '.join(unknown)}; use field, values and dim")
+    return problems
+
+
 def _token_indices(value) -> bool:
     """A non-empty list of distinct non-negative ints (booleans are not indices)."""
     return (isinstance(value, list) and bool(value) and len(set(value)) == len(value)
@@ -101,6 +118,9 @@ class SamaConfig:
     # value's words, follows the region's own tokens (true: one token per attribute; region_attributes.py),
     # or "text": each head's most likely value, written out as its words (ordinary text tokens).
     region_word_tokens: bool | str = False
+    # Cell motion (cell_motion.py): {"field": "motions", "values": [...], "dim": 64} adds a motion description
+    # to each key-frame cell's token, learnt from labelled objects (the cell_motion objective); {} builds none.
+    cell_motion: dict = field(default_factory=dict)
     mask_points: int = 1024  # point-sampled mask loss: points per mask
     mask_oversample: float = 3.0
     mask_importance: float = 0.75
@@ -146,6 +166,7 @@ class SamaConfig:
             problems.append(f"'region_word_tokens' must be true, false or \"text\", got {self.region_word_tokens!r}")
         elif self.region_word_tokens and not self.region_attributes:
             problems.append("'region_word_tokens' needs 'region_attributes': the word tokens are the attribute heads' predictions")
+        problems += _check_cell_motion(self.cell_motion)
         if problems:
             raise ValueError("invalid SAMA config: " + "; ".join(problems) + ".")
         return self

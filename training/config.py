@@ -86,8 +86,9 @@ class PhaseConfig:
     loss_weights: the model's loss weights in this phase, e.g. {"lm": 0.0}: handed to the model's
         `set_training_phase`, or else set as `model.config.<name>_loss_weight` (restored after the phase).
     objectives: what the phase optimises, name -> weight (training/objectives.py): "model" (the
-        model's own loss, the default), "segmenter_prompts" (SAM2 from box / point prompts) and
-        "region_attributes" (the attribute heads on every labelled object, no LLM).
+        model's own loss, the default), "segmenter_prompts" (SAM2 from box / point prompts),
+        "region_attributes" (the attribute heads on every labelled object, no LLM) and "cell_motion"
+        (the key-frame cells' motion head).
     batch_size: samples per step on each process in this phase (null: optim.batch_size); a cheap
         objective can see more samples per step.
     """

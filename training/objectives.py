@@ -8,6 +8,8 @@
                        barely learns from [SEG] prompts alone (DESIGN.md section 8); learning masks from
                        geometric prompts first gives its decoder and trunk something they can learn
                        quickly, which [SEG] grounding then builds on.
+    region_attributes  the attribute heads on every labelled object of a clip (no LLM, no SAM2)
+    cell_motion        the key-frame cells' motion head on the cells holding a labelled object's centre
 
 An objective returns (loss, {name: float} parts for the log, model output or None).
 Its randomness comes from torch's global generator, which checkpoints save and restore.
@@ -21,7 +23,7 @@ from torch import nn
 
 from ..conversation import ConversationSample
 
-OBJECTIVES = ("model", "segmenter_prompts", "region_attributes")
+OBJECTIVES = ("model", "segmenter_prompts", "region_attributes", "cell_motion")
 PROMPTS_PER_SAMPLE = 4
 BOX_JITTER = 0.1  # share of the box size each side may move
 
@@ -87,6 +89,17 @@ def region_attribute_objective(model: nn.Module, sample: ConversationSample, mod
     return loss, {"region_attribute_loss": float(loss.detach()), "attribute_labels": count}, None
 
 
+def cell_motion_objective(model: nn.Module, sample: ConversationSample, model_output=None):
+    """The cell-motion head's loss (SamaModel.cell_motion_loss); reuses the model objective's encoded clip."""
+    if not hasattr(model, "cell_motion_loss") or getattr(model, "cell_motion", None) is None:
+        raise ValueError("the cell_motion objective needs a SamaModel with cell_motion in its config.")
+    videos = getattr(model_output, "videos", None)
+    loss, count = model.cell_motion_loss(sample, video=videos[0] if videos else None)
+    if not count:
+        return None, {}, None
+    return loss, {"cell_motion_loss": float(loss.detach()), "motion_cells": count}, None
+
+
 def combined_loss(model: nn.Module, sample: ConversationSample, weights: dict[str, float]):
     """(weighted loss or None, parts, the model's output if the model objective ran)."""
     total, parts, output = None, {}, None
@@ -99,6 +112,8 @@ def combined_loss(model: nn.Module, sample: ConversationSample, weights: dict[st
             loss, extra, _ = segmenter_prompt_objective(model, sample)
         elif name == "region_attributes":
             loss, extra, _ = region_attribute_objective(model, sample, output)
+        elif name == "cell_motion":
+            loss, extra, _ = cell_motion_objective(model, sample, output)
         else:
             raise ValueError(f"unknown objective '{name}'; known: {', '.join(OBJECTIVES)}")
         parts.update(extra or {})

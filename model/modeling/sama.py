@@ -40,6 +40,7 @@ from sama_agent.errors import CheckpointError, PluginError
 from sama_agent.regions import PLACEHOLDER
 
 from ..configuration import SamaConfig
+from .cell_motion import CellMotion, cell_motion_labels
 from .grounding_head import GroundingHead, dense_prompt, mask_losses, where_loss
 from .llm import CTX, END, IMG, P_CLOSE, P_OPEN, REG, SEG, VIDEO_CLOSE, VIDEO_OPEN, VP_CLOSE, VP_OPEN
 from .region_attributes import RegionAttributeHeads
@@ -92,6 +93,7 @@ class VideoContext:
     frame_size: tuple[int, int]  # (H, W) of the frames given
     sam2_all_features: Any = None  # Sam2 FrameFeatures of every context frame (the "track" phase)
     pixels: torch.Tensor | None = None  # (T, 3, H, W) context frames in [0, 1], for pixel-level region cues
+    cell_motion: torch.Tensor | None = None  # (K, g * g, dim) the key-frame cells' motion features (cell_motion.py)
 
 
 @dataclass
@@ -122,6 +124,8 @@ class SamaModel(nn.Module):
         channels, hidden = int(self.encoder.embed_dim), int(self.llm.hidden_size)
         self.aggregator = registry.create("aggregator", config.aggregator, **self._aggregator_options(registry, channels, hidden))
         self.projector = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.cell_motion = (CellMotion(channels, hidden, config.cell_motion["values"], config.key_frame_grid, config.cell_motion.get("dim", 64))
+                            if config.cell_motion else None)
         sam2_options = dict(config.sam2_options)
         self.sam2 = Sam2Grounding(config=sam2_options)
         head_options = dict(config.seg_head_options)
@@ -237,6 +241,10 @@ class SamaModel(nn.Module):
         key_positions = list(key_positions)
         patch_tokens = self.encoder.encode(pixels)
         key_tokens, summaries = self.key_frame_tokens(patch_tokens[key_positions])
+        cell_motion = None
+        if self.cell_motion is not None:
+            cell_motion = self.cell_motion.features(patch_tokens, _grid(self.encoder, patch_tokens.shape[1]), key_positions)
+            key_tokens = key_tokens + self.cell_motion.tokens(cell_motion)
         all_features = sam2_features = None
         if with_sam2 and sam2_all_frames:
             all_features = self.sam2.encode_frames(pixels)
@@ -244,7 +252,7 @@ class SamaModel(nn.Module):
         elif with_sam2:
             sam2_features = self.sam2.encode_frames(pixels[key_positions])
         return VideoContext(patch_tokens, key_positions, key_tokens, summaries, sam2_features, tuple(pixels.shape[-2:]), all_features,
-                            pixels)
+                            pixels, cell_motion)
 
     def key_frame_tokens(self, patch_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(K, N, C) -> pooled, projected key-frame tokens (K * g * g, D) and per-frame means (K, D)."""
@@ -566,6 +574,24 @@ class SamaModel(nn.Module):
             video = self.encode_video(frames[context_positions], key_positions, with_sam2=False)
         tokens = self.region_tokens(video, np.stack(volumes)[:, context_positions])[:, : self.aggregator_token_count]
         return self.region_heads.loss(list(tokens), labels)
+
+    def cell_motion_loss(self, sample: ConversationSample, video: VideoContext | None = None) -> tuple[torch.Tensor, int]:
+        """The cell-motion head's loss on the key frames' cells that hold one labelled object's centre
+        (sample.meta["object_masks"] and ["objects"], the dataset's `object_masks`) -> (mean loss, labelled cells).
+        `video`: the sample's context frames already encoded, reused."""
+        if self.cell_motion is None:
+            raise ValueError("cell_motion_loss needs a model with cell_motion in its config.")
+        object_masks = sample.meta.get("object_masks")
+        if object_masks is None or not len(object_masks):
+            return self.device_zero(), 0
+        frames = np.asarray(sample.frames)
+        context_positions, key_positions = self.frame_positions(len(frames))
+        if video is None:
+            video = self.encode_video(frames[context_positions], key_positions, with_sam2=False)
+        spec = self.config.cell_motion
+        labels = cell_motion_labels(np.asarray(object_masks), sample.meta.get("objects") or [], spec["field"], spec["values"],
+                                    [context_positions[k] for k in video.key_positions], len(frames), self.cell_motion.grid)
+        return self.cell_motion.loss(video.cell_motion, torch.from_numpy(labels))
 
     def _labelled_objects(self, sample: ConversationSample) -> tuple[list[np.ndarray], list[dict[str, int]]]:
         volumes, labels = [], []
