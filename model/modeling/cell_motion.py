@@ -3,8 +3,8 @@
 Key-frame tokens are patch tokens pooled to a coarse grid per key frame: they say what is where, but
 not how it moves. Asked for "the object that moves to the upper left" with no region given, a small LLM
 must then compare two key frames cell by cell, and it rarely names the right object. Here a small 3-D
-convolution over the context frames' patch tokens (time x grid) describes the motion around each key
-frame, pooled to the same cells, and the description is added to the cell's token: appearance and
+convolution over the context frames, pooled to a few pixels per cell (time x pixels), describes the motion
+around each key frame, pooled to the same cells, and the description is added to the cell's token: appearance and
 motion of a place share one token, so matching a motion phrase to an object is one attention step.
 
 A linear head reads a motion label off each cell (`cell_motion_labels`): for every labelled object, the
@@ -27,21 +27,26 @@ from torch import nn
 
 
 class CellMotion(nn.Module):
-    def __init__(self, channels: int, hidden: int, values: Sequence[str], grid: int, dim: int = 64):
+    def __init__(self, hidden: int, values: Sequence[str], grid: int, dim: int = 64):
         super().__init__()
         self.values = list(values)
         self.grid = int(grid)
-        self.conv = nn.Sequential(nn.Conv3d(channels, dim, 3, padding=1), nn.GELU(), nn.Conv3d(dim, dim, 3, padding=1), nn.GELU())
+        self.conv = nn.Sequential(
+            nn.Conv3d(3, 32, 3, padding=1), nn.GELU(),
+            nn.Conv3d(32, dim, 3, padding=1, stride=(1, 2, 2)), nn.GELU(),
+            nn.Conv3d(dim, dim, 3, padding=1, stride=(1, 2, 2)), nn.GELU(),
+        )
         self.head = nn.Linear(dim, len(self.values))
         self.out = nn.Linear(dim, hidden)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def features(self, patch_tokens: torch.Tensor, patch_grid: tuple[int, int], key_positions: Sequence[int]) -> torch.Tensor:
-        """(T, N, C) patch tokens of the context frames -> (K, grid * grid, dim) motion features of the key frames' cells."""
-        frames, _, channels = patch_tokens.shape
-        volume = patch_tokens.transpose(1, 2).reshape(frames, channels, *patch_grid).transpose(0, 1)[None]  # (1, C, T, h, w)
-        moving = self.conv(volume)[0].transpose(0, 1)[list(key_positions)]  # (K, dim, h, w)
+    def features(self, pixels: torch.Tensor, key_positions: Sequence[int]) -> torch.Tensor:
+        """(T, 3, H, W) context frames in [0, 1] -> (K, grid * grid, dim) motion features of the key frames' cells.
+        The frames are pooled to 8 x 8 pixels per cell first: a step of a few pixels between context frames
+        is then about one pooled pixel, which three 3 x 3 x 3 layers see."""
+        small = F.adaptive_avg_pool2d(pixels, (8 * self.grid, 8 * self.grid)) * 2 - 1
+        moving = self.conv(small.transpose(0, 1)[None])[0].transpose(0, 1)[list(key_positions)]  # (K, dim, h, w)
         return F.adaptive_avg_pool2d(moving, (self.grid, self.grid)).flatten(2).transpose(1, 2)
 
     def tokens(self, features: torch.Tensor) -> torch.Tensor:

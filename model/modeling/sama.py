@@ -124,7 +124,7 @@ class SamaModel(nn.Module):
         channels, hidden = int(self.encoder.embed_dim), int(self.llm.hidden_size)
         self.aggregator = registry.create("aggregator", config.aggregator, **self._aggregator_options(registry, channels, hidden))
         self.projector = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-        self.cell_motion = (CellMotion(channels, hidden, config.cell_motion["values"], config.key_frame_grid, config.cell_motion.get("dim", 64))
+        self.cell_motion = (CellMotion(hidden, config.cell_motion["values"], config.key_frame_grid, config.cell_motion.get("dim", 64))
                             if config.cell_motion else None)
         sam2_options = dict(config.sam2_options)
         self.sam2 = Sam2Grounding(config=sam2_options)
@@ -243,7 +243,7 @@ class SamaModel(nn.Module):
         key_tokens, summaries = self.key_frame_tokens(patch_tokens[key_positions])
         cell_motion = None
         if self.cell_motion is not None:
-            cell_motion = self.cell_motion.features(patch_tokens, _grid(self.encoder, patch_tokens.shape[1]), key_positions)
+            cell_motion = self.cell_motion.features(pixels, key_positions)
             key_tokens = key_tokens + self.cell_motion.tokens(cell_motion)
         all_features = sam2_features = None
         if with_sam2 and sam2_all_frames:
