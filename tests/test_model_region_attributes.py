@@ -167,6 +167,15 @@ def test_an_absent_value_labels_a_list_too_short():
     assert heads.labels({"motions": ["moves left", "moves right"]}) == {"then": 1}
 
 
+def then_head_gradient(model, sample, attribute_weight: float) -> float:
+    """How much one LM step (plus the heads' own loss at `attribute_weight`) moves the "then" head."""
+    model.set_training_phase({"loss_weights": {"lm": 1, "bce": 0, "dice": 0, "where": 0, "attribute": attribute_weight}})
+    model.zero_grad()
+    model(sample).loss.backward()
+    grad = model.region_heads.heads["then"].weight.grad
+    return 0.0 if grad is None else float(grad.abs().sum())
+
+
 def test_word_tokens_are_the_heads_predictions_as_word_embeddings(tmp_path):
     torch.manual_seed(0)
     model = SamaModel(attribute_config(region_word_tokens=True)).train()
@@ -190,10 +199,7 @@ def test_word_tokens_are_the_heads_predictions_as_word_embeddings(tmp_path):
     ids = model.conversation_pieces(video, sample, [0, 1, 2, 3])[3].ids
     opened = ids.index(model.llm.ids["<vp>"])
     assert ids[opened + 1 : opened + 7] == [model.llm.ids["<reg>"]] * 5 + [model.llm.ids["</vp>"]]
-    model.set_training_phase({"loss_weights": {"lm": 1, "bce": 0, "dice": 0, "where": 0, "attribute": 0}})
-    model.zero_grad()
-    model(sample).loss.backward()
-    assert model.region_heads.heads["then"].weight.grad.abs().sum() > 0
+    assert then_head_gradient(model, sample, attribute_weight=0) > 0
     model.eval().save_pretrained(tmp_path / "m")
     loaded = SamaModel.from_pretrained(tmp_path / "m").eval()
     assert torch.allclose(loaded.region_tokens(video, region), model.region_tokens(video, region), atol=1e-6)
@@ -215,14 +221,8 @@ def test_text_words_write_each_heads_value_into_the_prompt(tmp_path):
     assert ids[opened + 1 : opened + 3] == [model.llm.ids["<reg>"]] * 2
     assert ids[opened + 3 : closed] == model.llm.encode_text("blue moves right moves left")  # name order: colour, motion, then
     # the words are what the heads chose, so only the attribute loss trains the heads, never the LLM's loss
-    model.set_training_phase({"loss_weights": {"lm": 1, "bce": 0, "dice": 0, "where": 0, "attribute": 0}})
-    model.zero_grad()
-    model(sample).loss.backward()
-    assert model.region_heads.heads["then"].weight.grad is None or model.region_heads.heads["then"].weight.grad.abs().sum() == 0
-    model.set_training_phase({"loss_weights": {"lm": 1, "bce": 0, "dice": 0, "where": 0, "attribute": 1}})
-    model.zero_grad()
-    model(sample).loss.backward()
-    assert model.region_heads.heads["then"].weight.grad.abs().sum() > 0
+    assert then_head_gradient(model, sample, attribute_weight=0) == 0
+    assert then_head_gradient(model, sample, attribute_weight=1) > 0
     model.eval().save_pretrained(tmp_path / "m")
     loaded = SamaModel.from_pretrained(tmp_path / "m").eval()
     assert loaded.conversation_pieces(video, sample, [0, 1, 2, 3])[3].ids == ids

@@ -82,22 +82,23 @@ def region_attribute_objective(model: nn.Module, sample: ConversationSample, mod
     encoder is deterministic, so the loss is the same and the step does not encode the clip twice)."""
     if not hasattr(model, "region_attribute_loss"):
         raise ValueError("the region_attributes objective needs a model with region_attribute_loss(sample) (SamaModel with region_attributes).")
-    videos = getattr(model_output, "videos", None)
-    loss, count = model.region_attribute_loss(sample, video=videos[0] if videos else None)
-    if not count:
-        return None, {}, None
-    return loss, {"region_attribute_loss": float(loss.detach()), "attribute_labels": count}, None
+    return _on_encoded_clip(model.region_attribute_loss, sample, model_output, "region_attribute_loss", "attribute_labels")
 
 
 def cell_motion_objective(model: nn.Module, sample: ConversationSample, model_output=None):
     """The cell-motion head's loss (SamaModel.cell_motion_loss); reuses the model objective's encoded clip."""
     if not hasattr(model, "cell_motion_loss") or getattr(model, "cell_motion", None) is None:
         raise ValueError("the cell_motion objective needs a SamaModel with cell_motion in its config.")
+    return _on_encoded_clip(model.cell_motion_loss, sample, model_output, "cell_motion_loss", "motion_cells")
+
+
+def _on_encoded_clip(loss_of, sample: ConversationSample, model_output, loss_name: str, count_name: str):
+    """loss_of(sample, video=...) with the clip the model objective encoded, if it ran -> an objective's result."""
     videos = getattr(model_output, "videos", None)
-    loss, count = model.cell_motion_loss(sample, video=videos[0] if videos else None)
+    loss, count = loss_of(sample, video=videos[0] if videos else None)
     if not count:
         return None, {}, None
-    return loss, {"cell_motion_loss": float(loss.detach()), "motion_cells": count}, None
+    return loss, {loss_name: float(loss.detach()), count_name: count}, None
 
 
 def combined_loss(model: nn.Module, sample: ConversationSample, weights: dict[str, float]):
