@@ -77,6 +77,16 @@ def test_cell_motion_starts_as_nothing_then_learns_the_squares_motion(tmp_path):
     assert torch.allclose(again.cell_motion, model.encode_video(sample.frames[context], keys, with_sam2=False).cell_motion, atol=1e-6)
 
 
+def test_a_sample_without_labelled_cells_logs_the_same_keys():
+    """Every process must log the same keys (the runner sums them in one all-reduce), labels or not."""
+    model = SamaModel(tiny_config(cell_motion=CELL_MOTION))
+    sample = square_with_objects()
+    sample.meta["objects"] = [{"motions": ["spins"]}]
+    total, parts, _ = combined_loss(model, sample, {"cell_motion": 1.0})
+    assert total is None and parts == {"cell_motion_loss": 0.0, "motion_cells": 0}
+    assert set(combined_loss(model, square_with_objects(), {"cell_motion": 1.0})[1]) == set(parts)
+
+
 def test_cell_motion_config_is_checked():
     with pytest.raises(ValueError, match="'cell_motion.values' must list at least two strings"):
         SamaConfig(cell_motion={"field": "motions", "values": ["moves left"]})

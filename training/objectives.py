@@ -41,7 +41,7 @@ def segmenter_prompt_objective(model: nn.Module, sample: ConversationSample, cou
     sam2 = _segmenter_of(model)
     pairs = _visible_pairs(sample)
     if not pairs:
-        return None, {}, None
+        return None, {"prompt_bce_loss": 0.0, "prompt_dice_loss": 0.0}, None
     chosen = [pairs[int(i)] for i in torch.randperm(len(pairs))[:count]]
     frames_needed = sorted({frame for _, frame in chosen})
     pixels = torch.from_numpy(np.ascontiguousarray(sample.frames[frames_needed])).permute(0, 3, 1, 2).float().div_(255)
@@ -96,8 +96,8 @@ def _on_encoded_clip(loss_of, sample: ConversationSample, model_output, loss_nam
     """loss_of(sample, video=...) with the clip the model objective encoded, if it ran -> an objective's result."""
     videos = getattr(model_output, "videos", None)
     loss, count = loss_of(sample, video=videos[0] if videos else None)
-    if not count:
-        return None, {}, None
+    if not count:  # the same log keys on every process: the runner sums them in one all-reduce
+        return None, {loss_name: 0.0, count_name: 0}, None
     return loss, {loss_name: float(loss.detach()), count_name: count}, None
 
 
