@@ -32,8 +32,7 @@ def check_attributes(attributes: Mapping) -> list[str]:
             problems.append(f"'{where}' needs a 'field' naming the key of a turn's expect")
             continue
         values = spec.get("values")
-        if not isinstance(values, list) or len(values) < 2 or not all(isinstance(v, str) for v in values):
-            problems.append(f"'{where}.values' must list at least two strings")
+        problems += _values_problems(where, values)
         unknown = sorted(set(spec) - {"field", "index", "values", "absent", "tokens"})
         if unknown:
             problems.append(f"'{where}' has unknown key(s) {', '.join(unknown)}; use field, index, values, absent and tokens")
@@ -51,16 +50,20 @@ def _check_cell_motion(spec) -> list[str]:
         return []
     if not isinstance(spec, Mapping) or not isinstance(spec.get("field"), str):
         return ["'cell_motion' must be {} or a JSON object with a 'field' naming an object's motion fact, 'values' and optional 'dim'"]
-    problems = []
-    values = spec.get("values")
-    if not isinstance(values, list) or len(values) < 2 or not all(isinstance(v, str) for v in values):
-        problems.append("'cell_motion.values' must list at least two strings")
+    problems = _values_problems("cell_motion", spec.get("values"))
     if "dim" in spec and not (type(spec["dim"]) is int and spec["dim"] > 0):
         problems.append(f"'cell_motion.dim' must be a positive integer, got {spec['dim']!r}")
     unknown = sorted(set(spec) - {"field", "values", "dim"})
     if unknown:
         problems.append(f"'cell_motion' has unknown key(s) {', '.join(unknown)}; use field, values and dim")
     return problems
+
+
+def _values_problems(where: str, values) -> list[str]:
+    """A classifier's values: at least two strings."""
+    if isinstance(values, list) and len(values) >= 2 and all(isinstance(v, str) for v in values):
+        return []
+    return [f"'{where}.values' must list at least two strings"]
 
 
 def _token_indices(value) -> bool:

@@ -29,14 +29,13 @@ from torch import nn
 class CellMotion(nn.Module):
     def __init__(self, hidden: int, values: Sequence[str], grid: int, dim: int = 64):
         super().__init__()
-        self.values = list(values)
         self.grid = int(grid)
         self.conv = nn.Sequential(
             nn.Conv3d(3, 32, 3, padding=1), nn.GELU(),
             nn.Conv3d(32, dim, 3, padding=1, stride=(1, 2, 2)), nn.GELU(),
             nn.Conv3d(dim, dim, 3, padding=1, stride=(1, 2, 2)), nn.GELU(),
         )
-        self.head = nn.Linear(dim, len(self.values))
+        self.head = nn.Linear(dim, len(values))
         self.out = nn.Linear(dim, hidden)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
