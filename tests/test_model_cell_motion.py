@@ -94,6 +94,10 @@ def test_cell_motion_config_is_checked():
         SamaConfig(cell_motion={**CELL_MOTION, "size": 3})
     with pytest.raises(ValueError, match="'cell_motion.dim' must be a positive integer"):
         SamaConfig(cell_motion={**CELL_MOTION, "dim": 0})
+    without_objects = square_with_objects()
+    del without_objects.meta["object_masks"]
+    with pytest.raises(ValueError, match="sample square: cell motion learns from every object's masks; load them with the dataset's `object_masks: true`"):
+        SamaModel(tiny_config(cell_motion=CELL_MOTION)).cell_motion_loss(without_objects)
     model = SamaModel(tiny_config())
     with pytest.raises(ValueError, match="the cell_motion objective needs"):
         combined_loss(model, square_with_objects(), {"cell_motion": 1.0})

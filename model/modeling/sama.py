@@ -582,7 +582,10 @@ class SamaModel(nn.Module):
         if self.cell_motion is None:
             raise ValueError("cell_motion_loss needs a model with cell_motion in its config.")
         object_masks = sample.meta.get("object_masks")
-        if object_masks is None or not len(object_masks):
+        if object_masks is None:
+            raise ValueError(f"sample {sample.video_id}: cell motion learns from every object's masks; load them with the dataset's "
+                             "`object_masks: true` (records need meta.objects with mask ids).")
+        if not len(object_masks):
             return self.device_zero(), 0
         frames = np.asarray(sample.frames)
         context_positions, key_positions = self.frame_positions(len(frames))
