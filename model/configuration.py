@@ -121,6 +121,10 @@ class SamaConfig:
     # value's words, follows the region's own tokens (true: one token per attribute; region_attributes.py),
     # or "text": each head's most likely value, written out as its words (ordinary text tokens).
     region_word_tokens: bool | str = False
+    # Training only, with "text" word tokens: the share of labelled single-region questions whose words
+    # are the region's true values instead of the heads' guesses. Early in training the heads guess at
+    # random, and an LLM that sees random words learns to ignore them; given the truth it learns to copy.
+    region_word_teacher: float = 0.0
     # Cell motion (cell_motion.py): {"field": "motions", "values": [...], "dim": 64} adds a motion description
     # to each key-frame cell's token, learnt from labelled objects (the cell_motion objective); {} builds none.
     cell_motion: dict = field(default_factory=dict)
@@ -169,6 +173,11 @@ class SamaConfig:
             problems.append(f"'region_word_tokens' must be true, false or \"text\", got {self.region_word_tokens!r}")
         elif self.region_word_tokens and not self.region_attributes:
             problems.append("'region_word_tokens' needs 'region_attributes': the word tokens are the attribute heads' predictions")
+        if not isinstance(self.region_word_teacher, (int, float)) or isinstance(self.region_word_teacher, bool) \
+                or not 0.0 <= self.region_word_teacher <= 1.0:
+            problems.append(f"'region_word_teacher' must be a share between 0 and 1, got {self.region_word_teacher!r}")
+        elif self.region_word_teacher and self.region_word_tokens != "text":
+            problems.append("'region_word_teacher' writes true values as region words: it needs 'region_word_tokens': \"text\"")
         problems += _check_cell_motion(self.cell_motion)
         if problems:
             raise ValueError("invalid SAMA config: " + "; ".join(problems) + ".")

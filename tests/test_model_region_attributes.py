@@ -228,6 +228,37 @@ def test_text_words_write_each_heads_value_into_the_prompt(tmp_path):
     assert loaded.conversation_pieces(video, sample, [0, 1, 2, 3])[3].ids == ids
 
 
+def test_teacher_words_write_the_true_values_in_training_and_the_heads_values_in_use():
+    torch.manual_seed(0)
+    model = SamaModel(attribute_config(region_word_tokens="text", region_word_teacher=1.0)).train()
+    sample = labelled_square_sample()  # the truth: red, moves right, then stays still
+    video = model.encode_video(sample.frames[:4], [0, 3], with_sam2=False)
+    with torch.no_grad():  # heads made certain of other values: blue, moves left, then moves left
+        model.region_heads.heads["colour"].bias.copy_(torch.tensor([0.0, 1e4]))
+        model.region_heads.heads["motion"].bias.copy_(torch.tensor([1e4, 0.0, 0.0]))
+        model.region_heads.heads["then"].bias.copy_(torch.tensor([1e4, 0.0, 0.0]))
+
+    def words():
+        ids = model.conversation_pieces(video, sample, [0, 1, 2, 3])[3].ids
+        return ids[ids.index(model.llm.ids["<reg>"]) + 2 : ids.index(model.llm.ids["</vp>"])]
+
+    assert words() == model.llm.encode_text("red moves right stays still")
+    sample.meta["turn_meta"][1]["expect"] = {"colour": "red"}  # what the turn does not label, the heads fill in
+    assert words() == model.llm.encode_text("red moves left moves left")
+    model.eval()
+    assert words() == model.llm.encode_text("blue moves left moves left")
+    model.train().config.region_word_teacher = 0.5
+    torch.manual_seed(1)
+    assert len({tuple(words()) for _ in range(20)}) == 2  # about half the turns get the truth
+
+
+def test_teacher_words_need_text_words_and_a_share():
+    with pytest.raises(ValueError, match="region_word_teacher' writes true values as region words"):
+        SamaConfig(region_attributes=ATTRIBUTES, region_word_tokens=True, region_word_teacher=0.5)
+    with pytest.raises(ValueError, match="region_word_teacher' must be a share between 0 and 1, got 2"):
+        SamaConfig(region_attributes=ATTRIBUTES, region_word_tokens="text", region_word_teacher=2)
+
+
 def test_word_tokens_need_heads_and_readable_values():
     with pytest.raises(ValueError, match="region_word_tokens' needs 'region_attributes'"):
         SamaConfig(region_word_tokens=True)

@@ -51,6 +51,7 @@ def step_losses(out) -> dict[int, float]:
 
 def test_sama_model_trains_evaluates_saves_and_resumes_exactly(world, tmp_path):
     from sama_agent.model.modeling.sama import SamaModel
+    from sama_agent.training.runner import build_model
 
     straight = tmp_path / "straight"
     summary = train(config(world, straight), progress=False)
@@ -64,6 +65,9 @@ def test_sama_model_trains_evaluates_saves_and_resumes_exactly(world, tmp_path):
     assert 0 <= evaluation["eval_jf"] <= 1 and 0 <= evaluation["eval_box_iou"] <= 1
     reloaded = SamaModel.from_pretrained(straight / "final")
     assert len(reloaded.llm.tokenizer) > 90  # the world vocabulary went into the saved tokenizer
+    fine_tune = config(world, tmp_path / "fine-tune")
+    fine_tune.model = {"from_pretrained": str(straight / "final"), "overrides": {"max_new_tokens": 7}}
+    assert build_model(fine_tune).config.max_new_tokens == 7  # a fine-tune may change settings of the saved model
 
     resumed = tmp_path / "resumed"
     first = train(config(world, resumed), stop_after_step=3, progress=False)

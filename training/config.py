@@ -5,7 +5,7 @@
       "seed": 0,
       "out_dir": "runs/sama-tiny",
       "model": {"named": "sama-tiny", "overrides": {...}}      # or {"config": {SamaConfig fields}}
-                                                              # or {"from_pretrained": "path/to/model"}
+                                                              # or {"from_pretrained": "path/to/model", "overrides": {...}}
       "world": {"out_dir": "data/world", "seed": 0, "size": 128, "frames": [16, 32],
                 "videos": {"train": 2000, "heldout": 100}},   # optional: generated first if missing
       "data": {DatasetConfig fields},                         # training data (training/datasets.py)

@@ -114,7 +114,7 @@ def build_model(config: TrainConfig) -> nn.Module:
 
     spec = _with_world_vocabulary(dict(config.model))
     if "from_pretrained" in spec:
-        return SamaModel.from_pretrained(spec["from_pretrained"])
+        return SamaModel.from_pretrained(spec["from_pretrained"], **spec.get("overrides", {}))
     if "named" in spec:
         sama_config = SamaConfig.from_named(spec["named"], **spec.get("overrides", {}))
     elif "config" in spec:

@@ -28,7 +28,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -291,16 +291,19 @@ class SamaModel(nn.Module):
         words = self.region_heads.word_tokens(tokens, self.value_embeddings())
         return torch.cat([tokens, words.to(tokens.dtype)], dim=1)
 
-    def region_words(self, tokens: torch.Tensor) -> list[list[int]]:
+    def region_words(self, tokens: torch.Tensor, known: Sequence[Mapping[str, int] | None] | None = None) -> list[list[int]]:
         """(R, aggregator_token_count, D) region tokens -> per region, the token ids of each head's most
         likely value, attributes in name order ("text" word tokens; empty lists without them). Written
         out as words, naming a region is copying tokens from the prompt, which even a small LLM learns
-        exactly; a mixture of embeddings it had to tell apart, and near-synonymous values blurred."""
+        exactly; a mixture of embeddings it had to tell apart, and near-synonymous values blurred.
+        `known`: per region, {attribute: value index} to write instead of the head's guess (training)."""
         if not self.text_words:
             return [[] for _ in range(tokens.shape[0])]
         with torch.no_grad():
             chosen = {name: logits.argmax(dim=-1).tolist() for name, logits in self.region_heads.logits(tokens).items()}
-        return [[token for name, ids in self.value_ids.items() for token in ids[chosen[name][row]]] for row in range(tokens.shape[0])]
+        known = list(known) if known is not None else [None] * tokens.shape[0]
+        return [[token for name, ids in self.value_ids.items() for token in ids[(known[row] or {}).get(name, chosen[name][row])]]
+                for row in range(tokens.shape[0])]
 
     @staticmethod
     def _cue_pixels(video: VideoContext, size) -> torch.Tensor:
@@ -317,15 +320,16 @@ class SamaModel(nn.Module):
         ids = llm.encode_text(fmt.system) + [llm.ids[VIDEO_OPEN]] + [llm.ids[IMG]] * count + [llm.ids[VIDEO_CLOSE]]
         return PromptPiece(ids, [video.key_tokens], [-100] * len(ids), [])
 
-    def question_piece(self, video: VideoContext, question: str, region_masks, first_turn: bool) -> PromptPiece:
+    def question_piece(self, video: VideoContext, question: str, region_masks, first_turn: bool,
+                       known: Sequence[Mapping[str, int] | None] | None = None) -> PromptPiece:
         """A turn up to the assistant marker: user marker, this turn's context tokens, the question
-        with region tokens in place of each `<mask>`."""
+        with region tokens in place of each `<mask>`. `known`: see region_words."""
         llm, fmt = self.llm, self.chat_format
         chunks = question.split(PLACEHOLDER)
         regions = self.region_tokens(video, region_masks)
         if len(chunks) - 1 != regions.shape[0]:
             raise ValueError(f"the question has {len(chunks) - 1} {PLACEHOLDER} placeholder(s) but {regions.shape[0]} region(s) were given: {question!r}")
-        words = self.region_words(regions[:, : self.aggregator_token_count])
+        words = self.region_words(regions[:, : self.aggregator_token_count], known)
         question_ids: list[int] = []
         for index, chunk in enumerate(chunks):
             question_ids += llm.encode_text(chunk)
@@ -349,9 +353,21 @@ class SamaModel(nn.Module):
             masks = np.asarray(turn.region_masks, dtype=bool)
             if masks.size == 0:
                 masks = masks.reshape(0, len(sample.frames), *sample.frames.shape[1:3])
-            pieces.append(self.question_piece(video, turn.question, masks[:, list(context_positions)], first_turn=number == 0))
+            known = self._teacher_words(sample, number, masks.shape[0])
+            pieces.append(self.question_piece(video, turn.question, masks[:, list(context_positions)], first_turn=number == 0, known=known))
             pieces.append(self.answer_piece(turn.answer))
         return pieces
+
+    def _teacher_words(self, sample: ConversationSample, number: int, regions: int) -> list[dict[str, int]] | None:
+        """In training, with share `region_word_teacher`: the true values of a turn's single labelled region."""
+        share = self.config.region_word_teacher
+        if not (self.training and share and self.text_words and regions == 1):
+            return None
+        meta = (sample.meta.get("turn_meta") or [None] * len(sample.turns))[number]
+        found = self.region_heads.labels(meta.get("expect")) if isinstance(meta, dict) else {}
+        if not found or float(torch.rand(())) >= share:
+            return None
+        return [found]
 
     def embed_pieces(self, pieces: Sequence[PromptPiece]) -> tuple[torch.Tensor, list[int], list[int], list[int]]:
         """-> (L, D) input embeddings with placeholders filled, ids, labels, [SEG] positions."""
