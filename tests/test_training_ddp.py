@@ -57,3 +57,25 @@ dist.destroy_process_group()
     assert json.loads((checkpoint / "trainer_state.json").read_text())["world_size"] == 2
     evals = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     assert evals and evals[-1]["eval_samples"] == 4  # both processes' shares were summed
+
+
+def test_processes_that_log_different_parts_sum_them_by_name(tmp_path):
+    """One process scored a [SEG] and the other none: their logs differ, the sums still line up by name."""
+    script = tmp_path / "named.py"
+    script.write_text("""
+import json, os
+import torch.distributed as dist
+from sama_agent.training.runner import all_reduce_named
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+mine = {"lm_loss": 1.0 + rank, "bce_loss": 0.5} if rank == 0 else {"lm_loss": 2.0, "cells": 3.0}
+summed = all_reduce_named(mine)
+print(json.dumps(summed, sort_keys=True))
+dist.destroy_process_group()
+""")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(script)],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert lines == [{"bce_loss": 0.5, "cells": 3.0, "lm_loss": 3.0}] * 2

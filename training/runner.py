@@ -81,6 +81,26 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return tensor.tolist()
 
 
+def all_reduce_named(values: dict[str, float]) -> dict[str, float]:
+    """Sum named values over processes. Processes may name different values (one clip had a [SEG] to
+    score, another none): a name a process lacks counts as 0 there, so the all-reduce always agrees in size."""
+    if not dist.is_initialized():
+        return dict(values)
+    names = sorted(set().union(*_all_gather_json(sorted(values))))
+    return dict(zip(names, all_reduce_sum([values.get(name, 0.0) for name in names])))
+
+
+def _all_gather_json(value) -> list:
+    """Every process's JSON-able `value` (no pickle between processes either)."""
+    data = torch.tensor(list(json.dumps(value).encode()), dtype=torch.uint8)
+    longest = torch.tensor([data.numel()])
+    dist.all_reduce(longest, op=dist.ReduceOp.MAX)
+    padded = torch.cat([data, torch.full((int(longest) - data.numel(),), ord(" "), dtype=torch.uint8)])
+    gathered = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, padded)
+    return [json.loads(bytes(t.tolist()).decode()) for t in gathered]
+
+
 def sync_buffers(model: nn.Module, world_size: int) -> None:
     """Every process takes rank 0's buffers (e.g. norm running statistics), as DDP does."""
     if world_size > 1:
@@ -629,15 +649,14 @@ def train(config: TrainConfig, *, resume: bool = False, max_steps: int | None = 
             sync_buffers(model, world_size)
             step += 1
 
-            part_keys = sorted(parts_sum)
-            totals = all_reduce_sum([loss_sum, len(indices), float(stop_requested["flag"])] + [parts_sum[k] for k in part_keys])
+            totals = all_reduce_sum([loss_sum, len(indices), float(stop_requested["flag"])])
+            parts_total = all_reduce_named(parts_sum)
             count = max(1.0, totals[1])
             summary_loss = totals[0] / count
             stop = totals[2] > 0 or (stop_after_step is not None and step >= stop_after_step)
             if step % config.log_every == 0 or step == config.max_steps or stop:
                 log.write(step=step, phase=phase.name, epoch=epoch, loss=summary_loss, lr=lr, grad_norm=grad_norm,
-                          sec_per_step=time.perf_counter() - started,
-                          **{k: v / count for k, v in zip(part_keys, totals[3:])})
+                          sec_per_step=time.perf_counter() - started, **{k: v / count for k, v in parts_total.items()})
             bar.update(1)
             bar.set_postfix(loss=f"{summary_loss:.4f}", lr=f"{lr:.2e}", phase=phase.name)
 
