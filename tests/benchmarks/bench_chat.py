@@ -26,7 +26,9 @@ from session_helpers import SQUARE_QUESTION, trained_model_dir
 from sama_agent.errors import CheckpointError
 from sama_agent.session import Session, feature_cache_of
 
-LATER_TURN_LIMIT = 0.35  # a later turn costs at most this share of the first
+# A later turn skips the session's encoding: it must cost at least this share of that encoding less than the
+# first turn. (The answer itself costs about the same on every turn; with a 135M-parameter LLM it dominates.)
+ENCODING_SAVED = 0.5
 RESULTS: dict[str, dict] = {}
 DEFAULT_QUESTION = "Please segment the orange square."  # an object of the bundled sample video
 
@@ -82,6 +84,7 @@ def test_first_turn(benchmark, setup):
     assert answer.handles, answer.raw
     benchmark.extra_info["frames"] = session.video.num_frames
     benchmark.extra_info["encode_seconds_last"] = session.encode_seconds
+    RESULTS["encode_seconds"] = session.encode_seconds
     _record(benchmark, "first", walls, cpus, setup)
 
 
@@ -98,13 +101,12 @@ def test_later_turn(benchmark, setup):
     _record(benchmark, "later", walls, cpus, setup)
     if "first" not in RESULTS:
         pytest.skip("run test_first_turn in the same session to compare")
-    ratio_wall = RESULTS["later"]["wall_median_s"] / RESULTS["first"]["wall_median_s"]
-    ratio_cpu = RESULTS["later"]["cpu_median_s"] / RESULTS["first"]["cpu_median_s"]
-    benchmark.extra_info.update({"later_over_first_wall": round(ratio_wall, 3), "later_over_first_cpu": round(ratio_cpu, 3)})
-    print(f"\nfirst turn {RESULTS['first']['wall_median_s']:.2f}s wall / {RESULTS['first']['cpu_median_s']:.2f}s CPU; "
-          f"later turn {RESULTS['later']['wall_median_s']:.2f}s wall / {RESULTS['later']['cpu_median_s']:.2f}s CPU; "
-          f"ratio {ratio_wall:.3f} wall, {ratio_cpu:.3f} CPU ({setup['source']})")
-    assert ratio_cpu <= LATER_TURN_LIMIT, f"a later turn costs {ratio_cpu:.2f}x the first (CPU); the limit is {LATER_TURN_LIMIT}"
+    first, later, encoding = RESULTS["first"]["wall_median_s"], RESULTS["later"]["wall_median_s"], RESULTS["encode_seconds"]
+    benchmark.extra_info.update({"later_over_first_wall": round(later / first, 3), "encode_seconds": round(encoding, 3)})
+    print(f"\nfirst turn {first:.2f}s wall, of which encoding {encoding:.2f}s; later turn {later:.2f}s wall ({setup['source']})")
+    assert first - later >= ENCODING_SAVED * encoding, (
+        f"a later turn ({later:.2f}s) saves {first - later:.2f}s on the first ({first:.2f}s); encoding the video took "
+        f"{encoding:.2f}s and at least {ENCODING_SAVED:.0%} of that should be saved")
 
 
 def test_later_turn_without_the_feature_cache(benchmark, setup):
