@@ -54,6 +54,10 @@ def _open(video, model_dir, segmenter, overrides, session_dir, quiet):
     from .session import Session
 
     overrides = {k: v for k, v in overrides.items() if v}
+    if quiet:  # transformers draws its own bar while it reads an LLM's weights
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     try:
         path = Path(video) if video else default_sample_video()
         return Session.open(path, model=model_dir, segmenter=segmenter, session_dir=session_dir,

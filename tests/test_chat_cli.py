@@ -200,6 +200,7 @@ def test_the_shipped_default_on_the_sample_video(tmp_path):
     first = runner.invoke(build_cli(), ["chat", "--quiet", "--json", "--session-dir", str(tmp_path),
                                         "--ask", "Please segment the orange square."])
     assert first.exit_code == 0, first.output
+    assert "Loading weights" not in first.output  # --quiet: no bar from transformers either
     turn = events(first.output)[-1]
     assert turn["event"] == "turn" and turn["handles"], turn
     handle = turn["handles"][0]
