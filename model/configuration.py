@@ -122,8 +122,8 @@ class SamaConfig:
     # or "text": each head's most likely value, written out as its words (ordinary text tokens).
     region_word_tokens: bool | str = False
     # Training only, with "text" word tokens: the share of labelled single-region questions whose words
-    # are the region's true values instead of the heads' guesses. Early in training the heads guess at
-    # random, and an LLM that sees random words learns to ignore them; given the truth it learns to copy.
+    # are the region's true values instead of the heads' guesses: the LLM learns from its first step that
+    # the words are right, rather than from the early heads' mistakes that they may be ignored.
     region_word_teacher: float = 0.0
     # Cell motion (cell_motion.py): {"field": "motions", "values": [...], "dim": 64} adds a motion description
     # to each key-frame cell's token, learnt from labelled objects (the cell_motion objective); {} builds none.

@@ -294,8 +294,8 @@ class SamaModel(nn.Module):
     def region_words(self, tokens: torch.Tensor, known: Sequence[Mapping[str, int] | None] | None = None) -> list[list[int]]:
         """(R, aggregator_token_count, D) region tokens -> per region, the token ids of each head's most
         likely value, attributes in name order ("text" word tokens; empty lists without them). Written
-        out as words, naming a region is copying tokens from the prompt, which even a small LLM learns
-        exactly; a mixture of embeddings it had to tell apart, and near-synonymous values blurred.
+        out as words, naming a region is copying tokens from the prompt, which a pretrained LLM does
+        well; a mixture of embeddings it had to tell apart, and near-synonymous values blurred.
         `known`: per region, {attribute: value index} to write instead of the head's guess (training)."""
         if not self.text_words:
             return [[] for _ in range(tokens.shape[0])]
@@ -361,7 +361,7 @@ class SamaModel(nn.Module):
     def _teacher_words(self, sample: ConversationSample, number: int, regions: int) -> list[dict[str, int]] | None:
         """In training, with share `region_word_teacher`: the true values of a turn's single labelled region."""
         share = self.config.region_word_teacher
-        if not (self.training and share and self.text_words and regions == 1):
+        if not (self.training and share and regions == 1):  # the config allows a share only with "text" words
             return None
         meta = (sample.meta.get("turn_meta") or [None] * len(sample.turns))[number]
         found = self.region_heads.labels(meta.get("expect")) if isinstance(meta, dict) else {}
