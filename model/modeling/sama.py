@@ -353,21 +353,28 @@ class SamaModel(nn.Module):
             masks = np.asarray(turn.region_masks, dtype=bool)
             if masks.size == 0:
                 masks = masks.reshape(0, len(sample.frames), *sample.frames.shape[1:3])
-            known = self._teacher_words(sample, number, masks.shape[0])
+            known = self._teacher_words(sample, number)
             pieces.append(self.question_piece(video, turn.question, masks[:, list(context_positions)], first_turn=number == 0, known=known))
             pieces.append(self.answer_piece(turn.answer))
         return pieces
 
-    def _teacher_words(self, sample: ConversationSample, number: int, regions: int) -> list[dict[str, int]] | None:
+    def _teacher_words(self, sample: ConversationSample, number: int) -> list[dict[str, int]] | None:
         """In training, with share `region_word_teacher`: the true values of a turn's single labelled region."""
         share = self.config.region_word_teacher
-        if not (self.training and share and regions == 1):  # the config allows a share only with "text" words
+        if not (self.training and share):  # the config allows a share only with "text" words
             return None
-        meta = (sample.meta.get("turn_meta") or [None] * len(sample.turns))[number]
-        found = self.region_heads.labels(meta.get("expect")) if isinstance(meta, dict) else {}
+        found = self._region_labels(sample, number)
         if not found or float(torch.rand(())) >= share:
             return None
         return [found]
+
+    def _region_labels(self, sample: ConversationSample, number: int) -> dict[str, int]:
+        """{attribute: value index} of turn `number`'s region, when the turn has exactly one and its meta labels it."""
+        turn_meta = sample.meta.get("turn_meta") or []
+        meta = turn_meta[number] if number < len(turn_meta) else None
+        if len(sample.turns[number].region_masks) != 1 or not isinstance(meta, dict):
+            return {}
+        return self.region_heads.labels(meta.get("expect"))
 
     def embed_pieces(self, pieces: Sequence[PromptPiece]) -> tuple[torch.Tensor, list[int], list[int], list[int]]:
         """-> (L, D) input embeddings with placeholders filled, ids, labels, [SEG] positions."""
@@ -640,11 +647,8 @@ class SamaModel(nn.Module):
     def _attribute_targets(self, sample: ConversationSample, pieces: Sequence[PromptPiece]) -> tuple[list, list]:
         """The region tokens of each single-region question whose turn meta labels an attribute, and the labels."""
         tokens, labels = [], []
-        turn_meta = sample.meta.get("turn_meta") or [None] * len(sample.turns)
-        for number, (turn, meta) in enumerate(zip(sample.turns, turn_meta)):
-            if len(turn.region_masks) != 1 or not isinstance(meta, dict):
-                continue
-            found = self.region_heads.labels(meta.get("expect"))
+        for number in range(len(sample.turns)):
+            found = self._region_labels(sample, number)
             if found:
                 question = pieces[1 + 2 * number]  # prefix, then (question, answer) per turn
                 tokens.append(question.fills[1].reshape(self.region_token_count, -1)[: self.aggregator_token_count])
