@@ -650,11 +650,12 @@ def train(config: TrainConfig, *, resume: bool = False, max_steps: int | None = 
             step += 1
 
             totals = all_reduce_sum([loss_sum, len(indices), float(stop_requested["flag"])])
-            parts_total = all_reduce_named(parts_sum)
             count = max(1.0, totals[1])
             summary_loss = totals[0] / count
             stop = totals[2] > 0 or (stop_after_step is not None and step >= stop_after_step)
+            # every process reaches the same decision (step and stop agree), so the parts' sum runs on all or none
             if step % config.log_every == 0 or step == config.max_steps or stop:
+                parts_total = all_reduce_named(parts_sum)
                 log.write(step=step, phase=phase.name, epoch=epoch, loss=summary_loss, lr=lr, grad_norm=grad_norm,
                           sec_per_step=time.perf_counter() - started, **{k: v / count for k, v in parts_total.items()})
             bar.update(1)
