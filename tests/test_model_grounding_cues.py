@@ -14,7 +14,7 @@ from sama_agent.model.modeling.region_cues import CUE_DIM, MOTION_DIM, PATH_SLOT
 from sama_agent.model.modeling.sama import SamaModel
 from sama_agent.model.predictor import SamaPredictor
 from sama_agent.regions import Region
-from sama_agent.training.objectives import segmenter_prompt_objective
+from sama_agent.training.objectives import PromptOptions, segmenter_prompt_objective
 from sama_agent.video import Video
 
 
@@ -248,6 +248,38 @@ def test_segmenter_prompts_include_where_prompts(clip):
     loss.backward()
     downscale = model.sam2.sam2.sam_prompt_encoder.mask_downscaling
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in downscale.parameters())  # a dense prompt was used
+
+
+
+def test_prompt_options_prompt_every_object_on_the_chosen_frames_with_dense_boxes(clip):
+    """frames=N prompts each object the record lists on N frames; coarse_box feeds SAM2 a dense prompt only."""
+    video, masks = clip
+    frames = video.frames(range(video.num_frames))
+    sample = square_sample(frames, masks)
+    other = np.zeros_like(masks)
+    other[:, 2:10, 2:10] = True  # a second object, on every frame, that no turn mentions
+    other[3] = False  # ...except frame 3
+    sample.meta["object_masks"] = np.stack([masks, other])
+    model = SamaModel(cue_config())
+    decoded = []
+    decode = model.sam2.decode_masks
+    model.sam2.decode_masks = lambda features, **kw: (decoded.append((len(features), sorted(kw))), decode(features, **kw))[1]
+    torch.manual_seed(0)
+    loss, parts, _ = segmenter_prompt_objective(model, sample, options=PromptOptions(kinds=["coarse_box"], frames=2))
+    loss.backward()
+    prompts = sum(count for count, _ in decoded)
+    assert prompts in (3, 4) and all(keys == ["mask_inputs", "orig_hw"] for _, keys in decoded)  # 2 objects a frame (1 on frame 3)
+    encoder = model.sam2.sam2.sam_prompt_encoder
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.mask_downscaling.parameters())
+    assert all(p.grad is None or not p.grad.any() for p in encoder.point_embeddings[2].parameters())  # no box corner was embedded
+    assert parts["prompt_dice_loss"] > 0
+
+
+def test_prompt_options_are_checked():
+    with pytest.raises(ValueError, match="prompt kinds must be a non-empty list from box, points, where, coarse_box"):
+        PromptOptions(kinds=["lasso"])
+    with pytest.raises(ValueError, match="prompts.frames must be a whole number >= 1"):
+        PromptOptions(frames=0)
 
 
 # ---- regions given as tracks ------------------------------------------------------------------

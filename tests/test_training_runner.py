@@ -283,6 +283,21 @@ def test_a_phase_can_draw_its_own_batch_size(world, tmp_path):
         make_config(world, tmp_path / "bad", phases=[{"name": "wide", "batch_size": 0}])
 
 
+
+def test_a_phase_configures_its_segmenter_prompts(world, tmp_path):
+    objectives = {"segmenter_prompts": 1.0}
+    config = make_config(world, tmp_path / "ok", phases=[{"name": "outline", "objectives": objectives, "prompts": {"kinds": ["where", "coarse_box"], "frames": 2}}])
+    options = config.phases[0].prompt_options
+    assert options.kinds == ["where", "coarse_box"] and options.frames == 2
+    assert config.to_dict()["phases"][0]["prompts"] == {"kinds": ["where", "coarse_box"], "frames": 2}  # saved with the run
+    with pytest.raises(ConfigError, match="phase 'outline': prompt kinds must be a non-empty list from box, points, where, coarse_box"):
+        make_config(world, tmp_path / "bad", phases=[{"name": "outline", "objectives": objectives, "prompts": {"kinds": ["lasso"]}}])
+    with pytest.raises(ConfigError, match="phase 'outline': unknown prompts option.s. count; known: kinds, frames"):
+        make_config(world, tmp_path / "bad", phases=[{"name": "outline", "objectives": objectives, "prompts": {"count": 3}}])
+    with pytest.raises(ConfigError, match="phase 'talk': prompts configure the segmenter_prompts objective, which this phase does not use"):
+        make_config(world, tmp_path / "bad", phases=[{"name": "talk", "prompts": {"frames": 2}}])
+
+
 def test_invalid_records_are_counted_in_the_log_when_skipped(world, tmp_path):
     broken_world = tmp_path / "world"
     import shutil

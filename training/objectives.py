@@ -7,7 +7,8 @@
                        SAM2's mask-prompt size), so it learns to outline the object a where-map points at. On CPU a randomly initialised segmenter
                        barely learns from [SEG] prompts alone (DESIGN.md section 8); learning masks from
                        geometric prompts first gives its decoder and trunk something they can learn
-                       quickly, which [SEG] grounding then builds on.
+                       quickly, which [SEG] grounding then builds on. A phase's `prompts` options
+                       (PromptOptions) choose the prompt kinds and how many frames are prompted.
     region_attributes  the attribute heads on every labelled object of a clip (no LLM, no SAM2)
     cell_motion        the key-frame cells' motion head on the cells holding a labelled object's centre
 
@@ -15,6 +16,8 @@ An objective returns (loss, {name: float} parts for the log, model output or Non
 Its randomness comes from torch's global generator, which checkpoints save and restore.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,6 +29,37 @@ from ..conversation import ConversationSample
 OBJECTIVES = ("model", "segmenter_prompts", "region_attributes", "cell_motion")
 PROMPTS_PER_SAMPLE = 4
 BOX_JITTER = 0.1  # share of the box size each side may move
+# box: corner points; points: 1-3 positive clicks; where: the mask pooled to the coarse grid (what a
+# where-map gives); coarse_box: a jittered box's pixels pooled the same way (what following a region
+# from a box hands SAM2, Sam2Grounding.follow).
+PROMPT_KINDS = ("box", "points", "where", "coarse_box")
+
+
+@dataclass
+class PromptOptions:
+    """How the segmenter_prompts objective prompts SAM2 (a phase's `prompts`).
+
+    kinds: the prompt kinds, drawn in equal shares (null: box and points, and where when the
+        model's grounding head makes where-maps).
+    frames: prompt every object visible on this many random frames of the clip - all objects
+        the record lists when the data loads `object_masks`, else those its turns mention; a
+        frame's encoding is the costly part, so this gives many prompts for little time
+        (null: PROMPTS_PER_SAMPLE random object-frame pairs).
+    Measured on the world: a fresh SAM2 decoder ignores its prompts for its first few hundred
+    steps; dense prompts (where, coarse_box) with every object of two frames get it past that in
+    about 500 steps, sparse boxes alone take about three times as long.
+    """
+
+    kinds: list[str] | None = None
+    frames: int | None = None
+
+    def __post_init__(self):
+        if self.kinds is not None:
+            unknown = sorted(set(self.kinds) - set(PROMPT_KINDS))
+            if unknown or not self.kinds:
+                raise ValueError(f"prompt kinds must be a non-empty list from {', '.join(PROMPT_KINDS)}; got {self.kinds!r}")
+        if self.frames is not None and (isinstance(self.frames, bool) or not isinstance(self.frames, int) or self.frames < 1):
+            raise ValueError(f"prompts.frames must be a whole number >= 1 (or null), got {self.frames!r}")
 
 
 def model_objective(model: nn.Module, sample: ConversationSample):
@@ -33,16 +67,20 @@ def model_objective(model: nn.Module, sample: ConversationSample):
     return output.loss, None, output
 
 
-def segmenter_prompt_objective(model: nn.Module, sample: ConversationSample, count: int = PROMPTS_PER_SAMPLE):
-    """SAM2 mask loss from prompts made from the truth: boxes (jittered), 1-3 positive points, and
-    coarse where-map prompts when the model has a where-map grid - in equal shares."""
+def segmenter_prompt_objective(model: nn.Module, sample: ConversationSample, count: int = PROMPTS_PER_SAMPLE,
+                               options: PromptOptions | None = None):
+    """SAM2 mask loss from prompts made from the truth, the kinds drawn in equal shares (PromptOptions)."""
     from ..model.modeling.grounding_head import coarse_where_prompt, mask_losses
 
+    options = options or PromptOptions()
     sam2 = _segmenter_of(model)
-    pairs = _visible_pairs(sample)
-    if not pairs:
+    if options.frames:
+        chosen = _objects_on_frames(sample, options.frames)
+    else:
+        pairs = _visible_pairs(sample)
+        chosen = [pairs[int(i)] for i in torch.randperm(len(pairs))[:count]]
+    if not chosen:
         return None, {"prompt_bce_loss": 0.0, "prompt_dice_loss": 0.0}, None
-    chosen = [pairs[int(i)] for i in torch.randperm(len(pairs))[:count]]
     frames_needed = sorted({frame for _, frame in chosen})
     pixels = torch.from_numpy(np.ascontiguousarray(sample.frames[frames_needed])).permute(0, 3, 1, 2).float().div_(255)
     features = sam2.encode_frames(pixels.to(next(model.parameters()).device))
@@ -50,7 +88,8 @@ def segmenter_prompt_objective(model: nn.Module, sample: ConversationSample, cou
     masks = [torch.from_numpy(np.ascontiguousarray(volume[frame])) for volume, frame in chosen]
     slots = [frames_needed.index(frame) for _, frame in chosen]
     grid = _where_grid(model)
-    kinds = ("box", "points", "where") if grid else ("box", "points")
+    kinds = tuple(options.kinds) if options.kinds else (("box", "points", "where") if grid else ("box", "points"))
+    grid = grid or sam2.coarse_grid
     drawn = torch.randint(0, len(kinds), (len(chosen),))
     logits, targets = [], []
     for number, kind in enumerate(kinds):
@@ -64,9 +103,12 @@ def segmenter_prompt_objective(model: nn.Module, sample: ConversationSample, cou
         elif kind == "points":
             points, labels = _positive_points([masks[i] for i in members])
             logits.append(sam2.decode_masks(selected, points=(points, labels), orig_hw=(height, width)))
-        else:
+        elif kind == "where":
             dense = coarse_where_prompt(torch.stack([masks[i] for i in members]), grid)
             logits.append(sam2.decode_masks(selected, mask_inputs=dense, orig_hw=(height, width)))
+        else:  # coarse_box
+            boxes = torch.stack([_box_pixels(_jittered_box(masks[i], height, width), height, width) for i in members])
+            logits.append(sam2.decode_masks(selected, mask_inputs=coarse_where_prompt(boxes, grid), orig_hw=(height, width)))
         targets += [masks[i] for i in members]
     logits = torch.cat(logits)
     targets = torch.stack(targets)[:, None].float()
@@ -101,8 +143,9 @@ def _on_encoded_clip(loss_of, sample: ConversationSample, model_output, loss_nam
     return loss, {loss_name: float(loss.detach()), count_name: count}, None
 
 
-def combined_loss(model: nn.Module, sample: ConversationSample, weights: dict[str, float]):
-    """(weighted loss or None, parts, the model's output if the model objective ran)."""
+def combined_loss(model: nn.Module, sample: ConversationSample, weights: dict[str, float], prompts: PromptOptions | None = None):
+    """(weighted loss or None, parts, the model's output if the model objective ran); `prompts`
+    configures the segmenter_prompts objective."""
     total, parts, output = None, {}, None
     for name, weight in sorted(weights.items(), key=lambda item: item[0] != "model"):  # the model first: others reuse its output
         if not weight:
@@ -110,7 +153,7 @@ def combined_loss(model: nn.Module, sample: ConversationSample, weights: dict[st
         if name == "model":
             loss, extra, output = model_objective(model, sample)
         elif name == "segmenter_prompts":
-            loss, extra, _ = segmenter_prompt_objective(model, sample)
+            loss, extra, _ = segmenter_prompt_objective(model, sample, options=prompts)
         elif name == "region_attributes":
             loss, extra, _ = region_attribute_objective(model, sample, output)
         elif name == "cell_motion":
@@ -176,6 +219,26 @@ def _visible_pairs(sample: ConversationSample) -> list[tuple[np.ndarray, int]]:
             seen.add(key)
             pairs += [(volume, frame) for frame in range(volume.shape[0]) if volume[frame].sum() >= 4]
     return pairs
+
+
+def _objects_on_frames(sample: ConversationSample, count: int) -> list[tuple[np.ndarray, int]]:
+    """(object volume, frame) for every object shown on `count` random frames where any shows."""
+    objects = sample.meta.get("object_masks") if isinstance(sample.meta, dict) else None
+    if objects is None:
+        objects = list({volume.tobytes().__hash__(): volume for turn in sample.turns
+                        for volume in list(turn.seg_masks) + list(turn.region_masks)}.values())
+    shown = [frame for frame in range(sample.frames.shape[0]) if any(volume[frame].sum() >= 4 for volume in objects)]
+    frames = sorted(shown[int(i)] for i in torch.randperm(len(shown))[:count])
+    return [(volume, frame) for frame in frames for volume in objects if volume[frame].sum() >= 4]
+
+
+def _box_pixels(box: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(4,) pixel x0, y0, x1, y1 -> (H, W) float mask of the pixels the box covers."""
+    x0, y0 = (int(v) for v in box[:2].floor().tolist())
+    x1, y1 = (int(v) for v in box[2:].ceil().tolist())
+    pixels = torch.zeros(height, width)
+    pixels[max(0, y0):min(height, y1), max(0, x0):min(width, x1)] = 1
+    return pixels
 
 
 def _tight_box(mask: torch.Tensor) -> torch.Tensor:

@@ -634,7 +634,7 @@ def train(config: TrainConfig, *, resume: bool = False, max_steps: int | None = 
                                           batch_size, world_size, rank, config.seed)
             loss_sum, parts_sum = 0.0, {}
             for index in indices:
-                loss, parts, output = combined_loss(model, dataset.sample(index, epoch), phase.objectives)
+                loss, parts, output = combined_loss(model, dataset.sample(index, epoch), phase.objectives, phase.prompt_options)
                 if loss is not None and loss.requires_grad:
                     (loss / batch_size).backward()
                 loss_sum += float(loss.detach()) if loss is not None else 0.0
