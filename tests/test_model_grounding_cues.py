@@ -354,6 +354,8 @@ def test_a_where_prompt_is_added_to_sam2_logits(clip):
         plain = model.sam2.decode_masks(features, sparse=sparse, orig_hw=size, mask_inputs=dense)
         assert torch.allclose(model.decode_seg(features, sparse, dense, size), plain + dense)
         assert torch.allclose(model.decode_seg(features, sparse, None, size), model.sam2.decode_masks(features, sparse=sparse, orig_hw=size))
+        model.config.where_logits = False  # a SAM2 that follows dense prompts: its own logits only
+        assert torch.allclose(model.decode_seg(features, sparse, dense, size), plain)
 
 
 def test_where_keys_are_kept_per_video_and_give_the_same_masks(clip):

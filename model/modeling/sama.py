@@ -688,10 +688,11 @@ class SamaModel(nn.Module):
 
     def decode_seg(self, features, sparse: torch.Tensor, dense: torch.Tensor | None, size: tuple[int, int], sam2=None) -> torch.Tensor:
         """One [SEG] on T frames: (T, K, 256) sparse prompts and (T, 1, h, w) dense where-prompts (or None)
-        -> (T, 1, h, w) low-res mask logits. The where-prompt is also added to SAM2's logits: SAM2 outlines
-        objects, the where-map says which one (SAM2's decoder mixes a dense prompt in at 1/16 scale only)."""
+        -> (T, 1, h, w) low-res mask logits. With config.where_logits the where-prompt is also added to
+        SAM2's logits: SAM2 outlines objects, the where-map says which one (SAM2's decoder mixes a dense
+        prompt in at 1/16 scale only, which an undertrained decoder barely follows)."""
         logits = (sam2 or self.sam2).decode_masks(features, sparse=sparse, orig_hw=size, mask_inputs=dense)
-        return logits if dense is None else logits + dense
+        return logits if dense is None or not self.config.where_logits else logits + dense
 
     def where_maps(self, seg_hidden: torch.Tensor, features, keys: tuple[torch.Tensor, tuple[int, int]] | None = None) -> torch.Tensor | None:
         """(S, D) [SEG] states and the SAM2 FrameFeatures of any T frames (or their `where_keys`) ->
