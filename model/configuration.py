@@ -111,8 +111,9 @@ class SamaConfig:
     bce_loss_weight: float = 2.0
     dice_loss_weight: float = 0.5
     where_loss_weight: float = 1.0  # the grounding head's where-map (seg_head_options.where), if it has one
-    # Whether a [SEG] mask is SAM2's logits plus its where-map prompt (true) or SAM2's own logits. The sum
-    # suits a SAM2 that has not learnt to follow dense prompts; one that has gives sharper masks alone.
+    # Whether a dense prompt - a [SEG]'s where-map, or the coarse box a followed region is prompted with -
+    # is also added to SAM2's mask logits (true) or SAM2's own logits are the mask. The sum suits a SAM2
+    # that has not learnt to follow dense prompts; one that has gives sharper masks alone.
     where_logits: bool = True
     # Auxiliary heads reading labelled attributes off region tokens (region_attributes.py); {} builds none.
     region_attributes: dict = field(default_factory=dict)

@@ -140,7 +140,8 @@ class SamaPredictor:
                 if frame in region.track.rles:
                     masks[slot] = region.track.mask(frame)
         elif self.model.config.region_propagation and self._follows_per_frame() and region.kinds <= {"box", "points", "mask"}:
-            found = self._own_sam2().follow(video, region, frames=self.context_frames)
+            prompt = "coarse" if self.model.config.where_logits else "dense"  # as its [SEG] masks are made
+            found = self._own_sam2().follow(video, region, frames=self.context_frames, prompt=prompt)
             for slot, frame in enumerate(self.context_frames):
                 masks[slot] = found[frame]
         elif self.model.config.region_propagation and region.kinds <= set(self.segmenter.prompt_kinds):

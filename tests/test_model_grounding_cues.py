@@ -325,7 +325,7 @@ def test_a_region_is_followed_frame_to_frame(clip):
     middle = video.num_frames // 2
     ys, xs = np.nonzero(masks[middle])
     region = Region(frame=middle, box=(float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)))
-    for prompt in ("box", "coarse"):
+    for prompt in ("box", "coarse", "dense"):
         found = model.sam2.follow(video, region, prompt=prompt)
         assert sorted(found) == list(range(video.num_frames))
         ious = [(found[t] & masks[t]).sum() / (found[t] | masks[t]).sum() for t in range(video.num_frames)]
@@ -335,6 +335,12 @@ def test_a_region_is_followed_frame_to_frame(clip):
     predictor.set_video(video)
     followed = predictor.region_masks(region)  # the per-frame model follows regions the same way
     found = model.sam2.follow(video, region)
+    for slot, frame in enumerate(predictor.context_frames):
+        assert np.array_equal(followed[slot], found[frame])
+    model.config.where_logits = False  # then a followed region's coarse box is not added to the logits either
+    followed = predictor.region_masks(region)
+    found = model.sam2.follow(video, region, prompt="dense")
+    assert any(not np.array_equal(found[f], model.sam2.follow(video, region, prompt="coarse")[f]) for f in found)
     for slot, frame in enumerate(predictor.context_frames):
         assert np.array_equal(followed[slot], found[frame])
     with pytest.raises(ValueError, match="unknown follow prompt"):

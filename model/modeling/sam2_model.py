@@ -228,7 +228,7 @@ class HeadOutput:
 
 
 FOLLOW_MARGIN = 0.15  # share of a box's size added on each side when following a region frame to frame
-FOLLOW_PROMPTS = ("box", "coarse")
+FOLLOW_PROMPTS = ("box", "coarse", "dense")
 FOLLOW_PROMPT = "coarse"
 
 
@@ -578,7 +578,8 @@ class Sam2Grounding(nn.Module):
         The region is decoded on its frame; every next frame (forwards, then backwards from the
         region's frame) is prompted with the mask before it - as its box grown by `margin` of its size
         on each side (prompt="box"), or as a coarse dense prompt of that grown box's pixels, the kind
-        of prompt a where-map gives, also added to the logits (prompt="coarse"). Either needs only a
+        of prompt a where-map gives, also added to the logits (prompt="coarse") or not, for a SAM2
+        trained to follow dense prompts (prompt="dense"). Each needs only a
         decoder trained on prompts, while memory propagation needs trained memory attention. Where
         the object is lost, the last prompt is kept, so it is found again when it comes back.
         """
@@ -593,17 +594,18 @@ class Sam2Grounding(nn.Module):
         if not wanted:
             return {}
         start = video.check_index(region.frame)
-        if prompt == "coarse":
-            first = self._decode_coarse(self.encode_uint8(video.frames([start])), prompt_mask(region, *size), size)
-        else:
+        added = prompt == "coarse"
+        if prompt == "box":
             first = self._decode_prompt(self.encode_uint8(video.frames([start])), frame_prompt([region], size, self.image_size, self.prompt_dim), size)
-        decode = self._decode_box if prompt == "box" else self._decode_coarse_box
+        else:
+            first = self._decode_coarse(self.encode_uint8(video.frames([start])), prompt_mask(region, *size), size, added)
         found = {start: first}
         for step in (1, -1):
             stop = max(wanted) + 1 if step > 0 else min(wanted) - 1
             box = _grown_box(first, margin, size)
             for frame in range(start + step, stop, step):
-                mask = decode(self.encode_uint8(video.frames([frame])), box, size)
+                features = self.encode_uint8(video.frames([frame]))
+                mask = self._decode_box(features, box, size) if prompt == "box" else self._decode_coarse_box(features, box, size, added)
                 if frame in wanted:
                     found[frame] = mask
                 if mask.any():
@@ -619,18 +621,20 @@ class Sam2Grounding(nn.Module):
         head = self.sam_heads(pix, features.maps()[:-1] or None, points, mask, prompt.sparse, multimask=False)
         return (self.upsample(head.low_res_masks, tuple(size))[0, 0] > 0).cpu().numpy()
 
-    def _decode_coarse(self, features: FrameFeatures, mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    def _decode_coarse(self, features: FrameFeatures, mask: np.ndarray, size: tuple[int, int], added: bool = True) -> np.ndarray:
         from .grounding_head import coarse_where_prompt
 
         dense = coarse_where_prompt(torch.from_numpy(np.ascontiguousarray(mask))[None], self.coarse_grid)
         logits = self.decode_masks(features, mask_inputs=dense, orig_hw=tuple(size))
-        logits = logits + F.interpolate(dense, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+        if added:
+            logits = logits + F.interpolate(dense, size=logits.shape[-2:], mode="bilinear", align_corners=False)
         return (self.upsample(logits, tuple(size))[0, 0] > 0).cpu().numpy()
 
-    def _decode_coarse_box(self, features: FrameFeatures, box: tuple[float, float, float, float] | None, size: tuple[int, int]) -> np.ndarray:
+    def _decode_coarse_box(self, features: FrameFeatures, box: tuple[float, float, float, float] | None, size: tuple[int, int],
+                           added: bool = True) -> np.ndarray:
         if box is None:
             return np.zeros(size, bool)
-        return self._decode_coarse(features, box_mask(box, *size), size)
+        return self._decode_coarse(features, box_mask(box, *size), size, added)
 
     def _decode_box(self, features: FrameFeatures, box: tuple[float, float, float, float] | None, size: tuple[int, int]) -> np.ndarray:
         if box is None:
