@@ -25,10 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..conversation import ConversationSample
+from ..regions import box_mask
 
 OBJECTIVES = ("model", "segmenter_prompts", "region_attributes", "cell_motion")
 PROMPTS_PER_SAMPLE = 4
 BOX_JITTER = 0.1  # share of the box size each side may move
+MIN_SHOWN_PIXELS = 4  # fewer pixels of an object on a frame give no prompt there
 # box: corner points; points: 1-3 positive clicks; where: the mask pooled to the coarse grid (what a
 # where-map gives); coarse_box: a jittered box's pixels pooled the same way (what following a region
 # from a box hands SAM2, Sam2Grounding.follow).
@@ -107,7 +109,8 @@ def segmenter_prompt_objective(model: nn.Module, sample: ConversationSample, cou
             dense = coarse_where_prompt(torch.stack([masks[i] for i in members]), grid)
             logits.append(sam2.decode_masks(selected, mask_inputs=dense, orig_hw=(height, width)))
         else:  # coarse_box
-            boxes = torch.stack([_box_pixels(_jittered_box(masks[i], height, width), height, width) for i in members])
+            boxes = torch.stack([torch.from_numpy(box_mask(tuple(_jittered_box(masks[i], height, width).tolist()), height, width)).float()
+                                 for i in members])
             logits.append(sam2.decode_masks(selected, mask_inputs=coarse_where_prompt(boxes, grid), orig_hw=(height, width)))
         targets += [masks[i] for i in members]
     logits = torch.cat(logits)
@@ -208,37 +211,35 @@ def _segmenter_of(model: nn.Module):
     return model.sam2
 
 
-def _visible_pairs(sample: ConversationSample) -> list[tuple[np.ndarray, int]]:
-    """(object volume, frame) for every ground-truth or region mask and frame where it shows, each object once."""
-    pairs, seen = [], set()
+def _turn_objects(sample: ConversationSample) -> list[np.ndarray]:
+    """Every ground-truth or region mask volume the turns hold, each object once, in order of mention."""
+    objects = {}
     for turn in sample.turns:
         for volume in list(turn.seg_masks) + list(turn.region_masks):
-            key = volume.tobytes().__hash__()
-            if key in seen:
-                continue
-            seen.add(key)
-            pairs += [(volume, frame) for frame in range(volume.shape[0]) if volume[frame].sum() >= 4]
-    return pairs
+            objects.setdefault(volume.tobytes().__hash__(), volume)
+    return list(objects.values())
+
+
+def _shown(volume: np.ndarray) -> np.ndarray:
+    """(T,) bool: the frames where an object shows (at least MIN_SHOWN_PIXELS pixels)."""
+    return volume.reshape(volume.shape[0], -1).sum(axis=1) >= MIN_SHOWN_PIXELS
+
+
+def _visible_pairs(sample: ConversationSample) -> list[tuple[np.ndarray, int]]:
+    """(object volume, frame) for every ground-truth or region mask and frame where it shows, each object once."""
+    return [(volume, int(frame)) for volume in _turn_objects(sample) for frame in np.flatnonzero(_shown(volume))]
 
 
 def _objects_on_frames(sample: ConversationSample, count: int) -> list[tuple[np.ndarray, int]]:
     """(object volume, frame) for every object shown on `count` random frames where any shows."""
     objects = sample.meta.get("object_masks") if isinstance(sample.meta, dict) else None
-    if objects is None:
-        objects = list({volume.tobytes().__hash__(): volume for turn in sample.turns
-                        for volume in list(turn.seg_masks) + list(turn.region_masks)}.values())
-    shown = [frame for frame in range(sample.frames.shape[0]) if any(volume[frame].sum() >= 4 for volume in objects)]
-    frames = sorted(shown[int(i)] for i in torch.randperm(len(shown))[:count])
-    return [(volume, frame) for frame in frames for volume in objects if volume[frame].sum() >= 4]
-
-
-def _box_pixels(box: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(4,) pixel x0, y0, x1, y1 -> (H, W) float mask of the pixels the box covers."""
-    x0, y0 = (int(v) for v in box[:2].floor().tolist())
-    x1, y1 = (int(v) for v in box[2:].ceil().tolist())
-    pixels = torch.zeros(height, width)
-    pixels[max(0, y0):min(height, y1), max(0, x0):min(width, x1)] = 1
-    return pixels
+    objects = list(objects) if objects is not None else _turn_objects(sample)
+    if not objects:
+        return []
+    shown = np.stack([_shown(volume) for volume in objects])  # (objects, T)
+    candidates = np.flatnonzero(shown.any(axis=0))
+    frames = sorted(int(candidates[int(i)]) for i in torch.randperm(len(candidates))[:count])
+    return [(volume, frame) for frame in frames for volume, seen in zip(objects, shown) if seen[frame]]
 
 
 def _tight_box(mask: torch.Tensor) -> torch.Tensor:
