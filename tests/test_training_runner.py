@@ -292,7 +292,7 @@ def test_a_phase_configures_its_segmenter_prompts(world, tmp_path):
     assert config.to_dict()["phases"][0]["prompts"] == {"kinds": ["where", "coarse_box"], "frames": 2}  # saved with the run
     with pytest.raises(ConfigError, match="phase 'outline': prompt kinds must be a non-empty list from box, points, where, coarse_box"):
         make_config(world, tmp_path / "bad", phases=[{"name": "outline", "objectives": objectives, "prompts": {"kinds": ["lasso"]}}])
-    with pytest.raises(ConfigError, match="phase 'outline': unknown prompts option.s. count; known: kinds, frames"):
+    with pytest.raises(ConfigError, match=r"phase 'outline'\.prompts: unknown option\(s\) count; known: frames, kinds\."):
         make_config(world, tmp_path / "bad", phases=[{"name": "outline", "objectives": objectives, "prompts": {"count": 3}}])
     with pytest.raises(ConfigError, match="phase 'talk': prompts configure the segmenter_prompts objective, which this phase does not use"):
         make_config(world, tmp_path / "bad", phases=[{"name": "talk", "prompts": {"frames": 2}}])

@@ -109,7 +109,7 @@ class PhaseConfig:
     prompts: dict | None = None
 
     def __post_init__(self):
-        from .objectives import OBJECTIVES, PromptOptions
+        from .objectives import OBJECTIVES
 
         if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise ConfigError(f"phase '{self.name}': batch_size must be a whole number >= 1 (or null for optim.batch_size), got {self.batch_size!r}.")
@@ -120,22 +120,22 @@ class PhaseConfig:
             raise ConfigError(f"phase '{self.name}': unknown objective(s) {', '.join(unknown)}; known: {', '.join(OBJECTIVES)}.")
         if not any(self.objectives.values()):
             raise ConfigError(f"phase '{self.name}': every objective has weight 0.")
-        self.prompt_options = self._prompt_options(PromptOptions)
+        self.prompt_options = self._prompt_options()
 
-    def _prompt_options(self, options_class):
+    def _prompt_options(self):
+        from .objectives import PromptOptions
+
         if self.prompts is None:
             return None
         if not isinstance(self.prompts, dict):
             raise ConfigError(f"phase '{self.name}': prompts must be an object like {{\"kinds\": [\"where\", \"coarse_box\"], \"frames\": 2}}, got {self.prompts!r}.")
         if not self.objectives.get("segmenter_prompts"):
             raise ConfigError(f"phase '{self.name}': prompts configure the segmenter_prompts objective, which this phase does not use.")
-        known = {"kinds", "frames"}
-        unknown = sorted(set(self.prompts) - known)
-        if unknown:
-            raise ConfigError(f"phase '{self.name}': unknown prompts option(s) {', '.join(unknown)}; known: kinds, frames.")
         try:
-            return options_class(**self.prompts)
-        except ValueError as exc:
+            return _from_dict(PromptOptions, self.prompts, f"phase '{self.name}'.prompts")
+        except ConfigError:
+            raise
+        except ValueError as exc:  # PromptOptions' own checks
             raise ConfigError(f"phase '{self.name}': {exc}.") from exc
 
 
