@@ -25,7 +25,7 @@ import torch
 
 from sama_agent.conversation import grounded_phrases, plain_text
 from sama_agent.errors import RegionError, SamaError
-from sama_agent.masks import MaskTrack
+from sama_agent.masks import MaskTrack, component_nearest
 from sama_agent.regions import PLACEHOLDER, Region, parse_question, prompt_mask
 from sama_agent.segmenters import adapt_prompts
 from sama_agent.video import Video
@@ -201,6 +201,7 @@ class SamaPredictor:
                   for s in range(prompts.shape[0])]
         nearest = [int(np.argmin([abs(f - k) for k in self.key_frames])) for f in range(video.num_frames)]
         batch = max(1, sam2.config.encode_batch)
+        keep_peak = self.model.config.seg_components == "peak"
         prompts = prompts.to(self.model.device)
         for start in range(0, video.num_frames, batch):
             chunk = list(range(start, min(start + batch, video.num_frames)))
@@ -209,8 +210,10 @@ class SamaPredictor:
             for s, track in enumerate(tracks):
                 sparse = prompts[s, [nearest[f] for f in chunk]][:, None]
                 logits = self.model.decode_seg(features, sparse, None if dense is None else dense[s], size, sam2=sam2)
-                logits = sam2.upsample(logits, size)
-                for f, mask in zip(chunk, (logits[:, 0] > 0).cpu().numpy()):
+                masks = (sam2.upsample(logits, size)[:, 0] > 0).cpu().numpy()
+                if keep_peak and dense is not None:
+                    masks = [component_nearest(m, *peak) for m, peak in zip(masks, _peak_pixels(dense[s], size))]
+                for f, mask in zip(chunk, masks):
                     track.set(f, mask)
         return tracks
 
@@ -229,6 +232,13 @@ class SamaPredictor:
         key = self.key_frames.index(region.frame)
         prompt = torch.as_tensor(region.embedding, device=self.model.device)
         return self.model.decode_key_frame(self.context, key, prompt, (video.height, video.width))
+
+
+def _peak_pixels(dense: torch.Tensor, size: tuple[int, int]) -> list[tuple[int, int]]:
+    """(T, 1, h, w) where-prompts -> each frame's most likely cell, as the (y, x) pixel at its centre."""
+    height, width = dense.shape[-2:]
+    cells = dense.flatten(1).argmax(dim=1).tolist()
+    return [(int((c // width + 0.5) * size[0] / height), int((c % width + 0.5) * size[1] / width)) for c in cells]
 
 
 def _unwrapped(grounding):

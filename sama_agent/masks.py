@@ -53,6 +53,22 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
+def component_nearest(mask: np.ndarray, y: int, x: int) -> np.ndarray:
+    """The connected part (4-neighbour) of a bool mask that holds pixel (y, x), or the part with the pixel
+    nearest to it; an empty mask stays empty."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return mask.astype(bool, copy=True)
+    label = labels[y, x]
+    if label == 0:
+        ys, xs = np.nonzero(labels)
+        nearest = int(np.argmin((ys - y) ** 2 + (xs - x) ** 2))
+        label = labels[ys[nearest], xs[nearest]]
+    return labels == label
+
+
 # ---- tracks --------------------------------------------------------------------
 @dataclass
 class MaskTrack:

@@ -112,3 +112,15 @@ def test_unknown_export_format(tmp_path):
     store = MaskStore(tmp_path)
     with pytest.raises(MaskHandleError, match="choose one of png, rle, overlay"):
         store.export(store.add(_track()), tmp_path, "gif")
+
+
+def test_component_nearest_keeps_the_part_at_or_nearest_a_pixel():
+    from sama_agent.masks import component_nearest
+
+    mask = np.zeros((20, 30), bool)
+    mask[2:6, 2:8] = True  # left part
+    mask[10:18, 20:28] = True  # right part
+    assert np.array_equal(component_nearest(mask, 12, 22), mask & (np.arange(30) >= 20)[None])
+    assert np.array_equal(component_nearest(mask, 3, 9), mask & (np.arange(30) < 10)[None])  # off both: the nearer
+    assert np.array_equal(component_nearest(mask[:8], 0, 29), mask[:8])  # one part: unchanged
+    assert not component_nearest(np.zeros((5, 5), bool), 2, 2).any()

@@ -378,3 +378,60 @@ def test_where_keys_are_kept_per_video_and_give_the_same_masks(clip):
     assert [t.rles for t in again.tracks] == [t.rles for t in first.tracks]
     predictor.set_video(video)
     assert not predictor._where_keys  # a new video starts afresh
+
+
+def test_peak_components_keep_one_part_of_a_mask_that_lights_up_two(tmp_path):
+    """A [SEG] trained on two look-alike squares at once draws both; with seg_components "peak" each frame
+    keeps only the square under its where-map's peak, a part of what "all" draws."""
+    import cv2
+    from scipy import ndimage
+
+    frames, masks = square_frames()
+    twin = np.roll(masks, -16, axis=1)  # the same square 16 rows higher, apart from the first
+    frames[twin] = (220, 30, 30)
+    masks = masks | twin
+    path = tmp_path / "twins.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 8.0, (frames.shape[2], frames.shape[1]))
+    for frame in frames:
+        writer.write(frame[:, :, ::-1].copy())
+    writer.release()
+    video = Video(path)
+    torch.manual_seed(5)
+    model = SamaModel(cue_config(propagation="per_frame"))
+    overfit(model, square_sample(video.frames(range(video.num_frames)), masks), steps=60)
+    predictor = SamaPredictor(model)
+    predictor.set_video(video)
+    drawn = predictor.ask("segment the red square").tracks[0]
+    parts = [ndimage.label(drawn.mask(t))[1] for t in range(video.num_frames)]
+    assert max(parts) >= 2, parts  # both squares lit up on some frame
+
+    model.config.seg_components = "peak"
+    predictor.reset()
+    kept = predictor.ask("segment the red square").tracks[0]
+    with torch.no_grad():
+        _, seg_hidden = model.generate_turn(model.new_conversation(predictor.context), "segment the red square",
+                                            np.zeros((0, len(predictor.context_frames), video.height, video.width), bool))
+        features = model.sam2.encode_uint8(video.frames(range(video.num_frames)))
+        maps = model.where_maps(seg_hidden, features)[0]  # (T, h, w)
+    on_mask = 0
+    for t in range(video.num_frames):
+        mask, whole = kept.mask(t), drawn.mask(t)
+        assert not (mask & ~whole).any() and ndimage.label(mask)[1] <= 1
+        if parts[t] >= 2:
+            cell = int(maps[t].flatten().argmax())
+            y = int((cell // maps.shape[-1] + 0.5) * video.height / maps.shape[-2])
+            x = int((cell % maps.shape[-1] + 0.5) * video.width / maps.shape[-1])
+            labels, _ = ndimage.label(whole)
+            if labels[y, x]:  # the peak is on the mask: its part is the one kept
+                assert np.array_equal(mask, labels == labels[y, x])
+                on_mask += 1
+            assert mask.sum() < whole.sum()
+    assert on_mask, "no two-part frame had its where-map peak on the mask"
+
+
+def test_peak_components_need_where_maps_and_per_frame_propagation():
+    with pytest.raises(ValueError, match="'seg_components': 'peak' keeps the part"):
+        cue_config(seg_components="peak")  # memory propagation
+    with pytest.raises(ValueError, match="'seg_components' must be 'all' or 'peak'"):
+        cue_config(propagation="per_frame", seg_components="largest")
+    assert cue_config(propagation="per_frame", seg_components="peak").seg_components == "peak"
