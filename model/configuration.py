@@ -115,10 +115,11 @@ class SamaConfig:
     # is also added to SAM2's mask logits (true) or SAM2's own logits are the mask. The sum suits a SAM2
     # that has not learnt to follow dense prompts; one that has gives sharper masks alone.
     where_logits: bool = True
-    # Which connected parts of a [SEG] mask a frame keeps at inference: "all", or "peak" - the part at (or
-    # nearest) the peak of that frame's where-map. A [SEG] names one object; a where-map with some mass on a
-    # look-alike otherwise lights that up too. Needs where-maps and per-frame propagation.
-    seg_components: str = "all"
+    # At inference a [SEG] mask keeps, on each frame, only its connected parts holding at least this share of
+    # the where-map mass of its heaviest part (0: all parts). A where-map that gives a look-alike a little mass
+    # otherwise lights it up too; a phrase naming several objects spreads its mass over them all, so they stay.
+    # Needs where-maps and per-frame propagation.
+    seg_part_share: float = 0.0
     # Auxiliary heads reading labelled attributes off region tokens (region_attributes.py); {} builds none.
     region_attributes: dict = field(default_factory=dict)
     region_attribute_loss_weight: float = 0.5
@@ -171,11 +172,12 @@ class SamaConfig:
             problems.append("'freeze' must be a list of parameter-name prefixes")
         if self.propagation not in ("memory", "per_frame"):
             problems.append(f"'propagation' must be 'memory' or 'per_frame', got '{self.propagation}'")
-        if self.seg_components not in ("all", "peak"):
-            problems.append(f"'seg_components' must be 'all' or 'peak', got {self.seg_components!r}")
-        elif self.seg_components == "peak" and not (self.seg_head_options.get("where") and self.propagation == "per_frame"):
-            problems.append("'seg_components': 'peak' keeps the part of a mask at its where-map's peak: it needs "
-                            "seg_head_options.where and propagation 'per_frame'")
+        share = self.seg_part_share
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+            problems.append(f"'seg_part_share' must be a share between 0 and 1, got {share!r}")
+        elif share > 0 and not (self.seg_head_options.get("where") and self.propagation == "per_frame"):
+            problems.append("'seg_part_share' weighs a mask's parts by its where-map: it needs seg_head_options.where "
+                            "and propagation 'per_frame'")
         if self.mask_points < 1:
             problems.append("'mask_points' must be at least 1")
         problems += check_attributes(self.region_attributes)

@@ -22,15 +22,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from sama_agent.conversation import grounded_phrases, plain_text
 from sama_agent.errors import RegionError, SamaError
-from sama_agent.masks import MaskTrack, component_nearest
+from sama_agent.masks import MaskTrack, heavy_parts
 from sama_agent.regions import PLACEHOLDER, Region, parse_question, prompt_mask
 from sama_agent.segmenters import adapt_prompts
 from sama_agent.video import Video
 
-from .modeling.sama import ConversationState, SamaModel, VideoContext
+from .modeling.sama import ConversationState, SamaModel, VideoContext, dense_prompts
 
 WHERE_KEY_FRAMES = 512  # clips up to this long keep their where-keys (32x32x64 floats a frame at 128 px)
 
@@ -194,25 +195,28 @@ class SamaPredictor:
 
     def _per_frame_tracks(self, prompts: torch.Tensor, phrases: list[str], seg_hidden: torch.Tensor) -> list[MaskTrack]:
         """Every frame decoded on its own by the model's SAM2 with its nearest key frame's prompt (and, when
-        the grounding head makes where-maps, that frame's own dense prompt), streamed."""
+        the grounding head makes where-maps, that frame's own dense prompt; with `seg_part_share` a frame's
+        mask keeps only the connected parts its where-map weighs enough), streamed."""
         video, sam2 = self.video, self.model.sam2
         size = (video.height, video.width)
         tracks = [MaskTrack(video.height, video.width, label=phrases[s] if s < len(phrases) else "", object_id=s)
                   for s in range(prompts.shape[0])]
         nearest = [int(np.argmin([abs(f - k) for k in self.key_frames])) for f in range(video.num_frames)]
         batch = max(1, sam2.config.encode_batch)
-        keep_peak = self.model.config.seg_components == "peak"
+        share = self.model.config.seg_part_share
         prompts = prompts.to(self.model.device)
         for start in range(0, video.num_frames, batch):
             chunk = list(range(start, min(start + batch, video.num_frames)))
             features = sam2.encode_uint8(video.frames(chunk))
-            dense = self.model.where_prompts(seg_hidden, features, self._chunk_where_keys(start, features))  # (S, len(chunk), 1, h, w)
+            maps = self.model.where_maps(seg_hidden, features, self._chunk_where_keys(start, features))  # (S, len(chunk), h, w)
+            dense = None if maps is None else dense_prompts(maps)
             for s, track in enumerate(tracks):
                 sparse = prompts[s, [nearest[f] for f in chunk]][:, None]
                 logits = self.model.decode_seg(features, sparse, None if dense is None else dense[s], size, sam2=sam2)
                 masks = (sam2.upsample(logits, size)[:, 0] > 0).cpu().numpy()
-                if keep_peak and dense is not None:
-                    masks = [component_nearest(m, *peak) for m, peak in zip(masks, _peak_pixels(dense[s], size))]
+                if share > 0 and maps is not None:
+                    weights = F.interpolate(maps[s, :, None].exp(), size=size, mode="nearest")[:, 0].cpu().numpy()
+                    masks = [heavy_parts(m, w, share) for m, w in zip(masks, weights)]
                 for f, mask in zip(chunk, masks):
                     track.set(f, mask)
         return tracks
@@ -232,13 +236,6 @@ class SamaPredictor:
         key = self.key_frames.index(region.frame)
         prompt = torch.as_tensor(region.embedding, device=self.model.device)
         return self.model.decode_key_frame(self.context, key, prompt, (video.height, video.width))
-
-
-def _peak_pixels(dense: torch.Tensor, size: tuple[int, int]) -> list[tuple[int, int]]:
-    """(T, 1, h, w) where-prompts -> each frame's most likely cell, as the (y, x) pixel at its centre."""
-    height, width = dense.shape[-2:]
-    cells = dense.flatten(1).argmax(dim=1).tolist()
-    return [(int((c // width + 0.5) * size[0] / height), int((c % width + 0.5) * size[1] / width)) for c in cells]
 
 
 def _unwrapped(grounding):

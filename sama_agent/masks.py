@@ -53,20 +53,16 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-def component_nearest(mask: np.ndarray, y: int, x: int) -> np.ndarray:
-    """The connected part (4-neighbour) of a bool mask that holds pixel (y, x), or the part with the pixel
-    nearest to it; an empty mask stays empty."""
+def heavy_parts(mask: np.ndarray, weights: np.ndarray, share: float) -> np.ndarray:
+    """The connected parts (4-neighbour) of a bool mask whose summed `weights` (same shape) reach `share` of
+    the heaviest part's; share 0 keeps the whole mask."""
     from scipy import ndimage
 
     labels, count = ndimage.label(mask)
-    if count <= 1:
+    if count <= 1 or share <= 0:
         return mask.astype(bool, copy=True)
-    label = labels[y, x]
-    if label == 0:
-        ys, xs = np.nonzero(labels)
-        nearest = int(np.argmin((ys - y) ** 2 + (xs - x) ** 2))
-        label = labels[ys[nearest], xs[nearest]]
-    return labels == label
+    totals = np.asarray(ndimage.sum(weights, labels, index=np.arange(1, count + 1)))
+    return np.isin(labels, 1 + np.nonzero(totals >= share * totals.max())[0])
 
 
 # ---- tracks --------------------------------------------------------------------

@@ -114,13 +114,18 @@ def test_unknown_export_format(tmp_path):
         store.export(store.add(_track()), tmp_path, "gif")
 
 
-def test_component_nearest_keeps_the_part_at_or_nearest_a_pixel():
-    from sama_agent.masks import component_nearest
+def test_heavy_parts_keep_the_parts_whose_weight_reaches_a_share_of_the_heaviest():
+    from sama_agent.masks import heavy_parts
 
     mask = np.zeros((20, 30), bool)
-    mask[2:6, 2:8] = True  # left part
-    mask[10:18, 20:28] = True  # right part
-    assert np.array_equal(component_nearest(mask, 12, 22), mask & (np.arange(30) >= 20)[None])
-    assert np.array_equal(component_nearest(mask, 3, 9), mask & (np.arange(30) < 10)[None])  # off both: the nearer
-    assert np.array_equal(component_nearest(mask[:8], 0, 29), mask[:8])  # one part: unchanged
-    assert not component_nearest(np.zeros((5, 5), bool), 2, 2).any()
+    mask[2:6, 2:8] = True  # left part, 24 pixels
+    mask[10:18, 20:28] = True  # right part, 64 pixels
+    left = mask & (np.arange(30) < 10)[None]
+    weights = np.ones(mask.shape)
+    assert np.array_equal(heavy_parts(mask, weights, 0.5), mask & ~left)  # 24 < 0.5 * 64
+    assert np.array_equal(heavy_parts(mask, weights, 0.25), mask)  # 24 >= 16
+    weights[left] = 10.0  # now the left part is the heavier: 240 against 64
+    assert np.array_equal(heavy_parts(mask, weights, 0.5), left)
+    assert np.array_equal(heavy_parts(mask, weights, 0.0), mask)
+    assert np.array_equal(heavy_parts(mask[:8], weights[:8], 1.0), mask[:8])  # one part: unchanged
+    assert not heavy_parts(np.zeros((5, 5), bool), np.ones((5, 5)), 0.5).any()

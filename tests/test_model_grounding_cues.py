@@ -380,9 +380,9 @@ def test_where_keys_are_kept_per_video_and_give_the_same_masks(clip):
     assert not predictor._where_keys  # a new video starts afresh
 
 
-def test_peak_components_keep_one_part_of_a_mask_that_lights_up_two(tmp_path):
-    """A [SEG] trained on two look-alike squares at once draws both; with seg_components "peak" each frame
-    keeps only the square under its where-map's peak, a part of what "all" draws."""
+def test_a_seg_mask_keeps_the_parts_its_where_map_weighs(tmp_path):
+    """A [SEG] trained on two look-alike squares at once draws both. With seg_part_share 1 each frame keeps
+    only the square holding more of the where-map's mass; with 0 the mask is kept whole."""
     import cv2
     from scipy import ndimage
 
@@ -405,33 +405,31 @@ def test_peak_components_keep_one_part_of_a_mask_that_lights_up_two(tmp_path):
     parts = [ndimage.label(drawn.mask(t))[1] for t in range(video.num_frames)]
     assert max(parts) >= 2, parts  # both squares lit up on some frame
 
-    model.config.seg_components = "peak"
+    model.config.seg_part_share = 1.0
     predictor.reset()
     kept = predictor.ask("segment the red square").tracks[0]
     with torch.no_grad():
         _, seg_hidden = model.generate_turn(model.new_conversation(predictor.context), "segment the red square",
                                             np.zeros((0, len(predictor.context_frames), video.height, video.width), bool))
         features = model.sam2.encode_uint8(video.frames(range(video.num_frames)))
-        maps = model.where_maps(seg_hidden, features)[0]  # (T, h, w)
-    on_mask = 0
+        maps = model.where_maps(seg_hidden, features)[0].exp()  # (T, h, w) probabilities
     for t in range(video.num_frames):
         mask, whole = kept.mask(t), drawn.mask(t)
         assert not (mask & ~whole).any() and ndimage.label(mask)[1] <= 1
         if parts[t] >= 2:
-            cell = int(maps[t].flatten().argmax())
-            y = int((cell // maps.shape[-1] + 0.5) * video.height / maps.shape[-2])
-            x = int((cell % maps.shape[-1] + 0.5) * video.width / maps.shape[-1])
-            labels, _ = ndimage.label(whole)
-            if labels[y, x]:  # the peak is on the mask: its part is the one kept
-                assert np.array_equal(mask, labels == labels[y, x])
-                on_mask += 1
-            assert mask.sum() < whole.sum()
-    assert on_mask, "no two-part frame had its where-map peak on the mask"
+            weights = np.kron(maps[t].numpy(), np.ones((video.height // maps.shape[1], video.width // maps.shape[2])))
+            labels, count = ndimage.label(whole)
+            mass = [weights[labels == k].sum() for k in range(1, count + 1)]
+            assert np.array_equal(mask, labels == 1 + int(np.argmax(mass)))
+
+    model.config.seg_part_share = 0.0
+    predictor.reset()
+    assert predictor.ask("segment the red square").tracks[0].rles == drawn.rles
 
 
-def test_peak_components_need_where_maps_and_per_frame_propagation():
-    with pytest.raises(ValueError, match="'seg_components': 'peak' keeps the part"):
-        cue_config(seg_components="peak")  # memory propagation
-    with pytest.raises(ValueError, match="'seg_components' must be 'all' or 'peak'"):
-        cue_config(propagation="per_frame", seg_components="largest")
-    assert cue_config(propagation="per_frame", seg_components="peak").seg_components == "peak"
+def test_seg_part_share_needs_where_maps_and_per_frame_propagation():
+    with pytest.raises(ValueError, match="'seg_part_share' weighs a mask's parts by its where-map"):
+        cue_config(seg_part_share=0.25)  # memory propagation
+    with pytest.raises(ValueError, match="'seg_part_share' must be a share between 0 and 1"):
+        cue_config(propagation="per_frame", seg_part_share=1.5)
+    assert cue_config(propagation="per_frame", seg_part_share=0.25).seg_part_share == 0.25

@@ -672,7 +672,7 @@ class SamaModel(nn.Module):
         """(S, D) [SEG] states and their key-frame where-maps (S, K, h, w) or None -> low-res logits
         (S * K, 1, h, w) on the key frames, and targets (S * K, 1, H, W)."""
         prompts = self.seg_head(seg_hidden, video.frame_summaries)  # (S, K, 256)
-        dense = None if maps is None else _dense_prompts(maps)  # (S, K, 1, h, w)
+        dense = None if maps is None else dense_prompts(maps)  # (S, K, 1, h, w)
         segs, keys = prompts.shape[:2]
         # one decode per [SEG] over the K key frames: no copies of the key frames' feature maps
         logits = torch.cat([self.decode_seg(video.sam2_features, prompts[s][:, None], None if dense is None else dense[s], video.frame_size)
@@ -705,7 +705,7 @@ class SamaModel(nn.Module):
     def where_prompts(self, seg_hidden: torch.Tensor, features, keys: tuple[torch.Tensor, tuple[int, int]] | None = None) -> torch.Tensor | None:
         """As where_maps, as (S, T, 1, h, w) dense SAM2 prompts."""
         maps = self.where_maps(seg_hidden, features, keys)
-        return None if maps is None else _dense_prompts(maps)
+        return None if maps is None else dense_prompts(maps)
 
     def where_keys(self, features) -> tuple[torch.Tensor, tuple[int, int]] | None:
         """The query-independent part of the where-maps of T frames: (keys (T, h*w, A), grid), or None."""
@@ -915,7 +915,7 @@ def _resolve_files(options: dict, base_dir: str | Path | None) -> dict:
     return options
 
 
-def _dense_prompts(maps: torch.Tensor) -> torch.Tensor:
+def dense_prompts(maps: torch.Tensor) -> torch.Tensor:
     """(S, T, h, w) where-maps -> (S, T, 1, h, w) dense SAM2 prompts."""
     return dense_prompt(maps.flatten(0, 1)).reshape(*maps.shape[:2], 1, *maps.shape[2:])
 
