@@ -72,6 +72,11 @@ def _token_indices(value) -> bool:
             and all(type(t) is int and t >= 0 for t in value))
 
 
+def _is_share(value) -> bool:
+    """A number from 0 to 1 (booleans are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
 @dataclass
 class SamaConfig:
     """Everything needed to rebuild a SamaModel (weights aside).
@@ -172,10 +177,9 @@ class SamaConfig:
             problems.append("'freeze' must be a list of parameter-name prefixes")
         if self.propagation not in ("memory", "per_frame"):
             problems.append(f"'propagation' must be 'memory' or 'per_frame', got '{self.propagation}'")
-        share = self.seg_part_share
-        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
-            problems.append(f"'seg_part_share' must be a share between 0 and 1, got {share!r}")
-        elif share > 0 and not (self.seg_head_options.get("where") and self.propagation == "per_frame"):
+        if not _is_share(self.seg_part_share):
+            problems.append(f"'seg_part_share' must be a share between 0 and 1, got {self.seg_part_share!r}")
+        elif self.seg_part_share > 0 and not (self.seg_head_options.get("where") and self.propagation == "per_frame"):
             problems.append("'seg_part_share' weighs a mask's parts by its where-map: it needs seg_head_options.where "
                             "and propagation 'per_frame'")
         if self.mask_points < 1:
@@ -188,8 +192,7 @@ class SamaConfig:
             problems.append(f"'region_word_tokens' must be true, false or \"text\", got {self.region_word_tokens!r}")
         elif self.region_word_tokens and not self.region_attributes:
             problems.append("'region_word_tokens' needs 'region_attributes': the word tokens are the attribute heads' predictions")
-        if not isinstance(self.region_word_teacher, (int, float)) or isinstance(self.region_word_teacher, bool) \
-                or not 0.0 <= self.region_word_teacher <= 1.0:
+        if not _is_share(self.region_word_teacher):
             problems.append(f"'region_word_teacher' must be a share between 0 and 1, got {self.region_word_teacher!r}")
         elif self.region_word_teacher and self.region_word_tokens != "text":
             problems.append("'region_word_teacher' writes true values as region words: it needs 'region_word_tokens': \"text\"")

@@ -58,8 +58,10 @@ def heavy_parts(mask: np.ndarray, weights: np.ndarray, share: float) -> np.ndarr
     the heaviest part's; share 0 keeps the whole mask."""
     from scipy import ndimage
 
+    if share <= 0:
+        return mask.astype(bool, copy=True)
     labels, count = ndimage.label(mask)
-    if count <= 1 or share <= 0:
+    if count <= 1:
         return mask.astype(bool, copy=True)
     totals = np.asarray(ndimage.sum(weights, labels, index=np.arange(1, count + 1)))
     return np.isin(labels, 1 + np.nonzero(totals >= share * totals.max())[0])
